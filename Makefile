@@ -1,0 +1,48 @@
+# loadkit: `make demo` runs the main job, `make test` installs everything the tests need and runs them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Debian packages the tests use (real servers, real browser); installed where apt is available.
+DEBIAN_PACKAGES ?=
+
+.PHONY: install system-deps test lint demo emulator bench clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "loadkit needs Python >= 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+system-deps:
+	@if [ -z "$(DEBIAN_PACKAGES)" ]; then exit 0; fi; \
+	missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else \
+		echo "note: cannot install Debian packages ($$missing); tests needing them will fail"; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install system-deps lint
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/python -m loadkit demo
+
+emulator: install
+	$(BIN)/loadkit emulator
+
+bench: install
+	$(BIN)/python bench/emulator_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

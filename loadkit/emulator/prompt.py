@@ -1,0 +1,136 @@
+"""Validation of a Messages request's prompt, its token count, and its cache breakpoints.
+
+Token counting approximation (documented in the README): every text is ceil(UTF-8 bytes / 4)
+tokens; each message adds 4 tokens of framing, a system prompt 3, each tool its JSON size / 4
+plus 10, each image 1,600, and every request 3. ``count_tokens``, ``usage.input_tokens`` and
+the rate limiter all use this one function, so they always agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadkit.emulator.errors import invalid
+
+REQUEST_OVERHEAD = 3
+MESSAGE_OVERHEAD = 4
+SYSTEM_OVERHEAD = 3
+TOOL_OVERHEAD = 10
+IMAGE_TOKENS = 1600
+LONG_TTL = "1h"
+
+
+def text_tokens(text: str) -> int:
+    return (len(text.encode("utf-8")) + 3) // 4
+
+
+@dataclass(slots=True)
+class Breakpoint:
+    tokens: int  # tokens of the prefix up to and including the marked block
+    digest: bytes  # identity of that prefix
+    long_ttl: bool
+
+
+@dataclass(slots=True)
+class Prompt:
+    tokens: int
+    breakpoints: list[Breakpoint] = field(default_factory=list)
+
+
+class _Walker:
+    """Counts tokens in prompt order (tools, system, messages) and hashes marked prefixes."""
+
+    def __init__(self, cache_key: bytes | None) -> None:
+        self.tokens = REQUEST_OVERHEAD
+        self.hasher = hashlib.blake2b(cache_key, digest_size=16) if cache_key is not None else None
+        self.breakpoints: list[Breakpoint] = []
+
+    def feed(self, tokens: int, identity: bytes, block: dict[str, Any] | None, where: str) -> None:
+        self.tokens += tokens
+        if self.hasher is None:
+            return
+        self.hasher.update(identity)
+        marker = block.get("cache_control") if block is not None else None
+        if marker is None:
+            return
+        if not isinstance(marker, dict) or marker.get("type") != "ephemeral":
+            raise invalid(f'{where}.cache_control: expected {{"type": "ephemeral"}}')
+        ttl = marker.get("ttl", "5m")
+        if ttl not in ("5m", LONG_TTL):
+            raise invalid(f"{where}.cache_control.ttl: must be '5m' or '1h', got {ttl!r}")
+        if len(self.breakpoints) == 4:
+            raise invalid("A maximum of 4 blocks with cache_control may be provided.")
+        self.breakpoints.append(
+            Breakpoint(self.tokens, self.hasher.copy().digest(), ttl == LONG_TTL)
+        )
+
+
+def _block_tokens(block: Any, where: str) -> tuple[int, bytes]:
+    if not isinstance(block, dict):
+        raise invalid(f"{where}: expected an object")
+    kind = block.get("type")
+    if kind == "text":
+        text = block.get("text")
+        if not isinstance(text, str):
+            raise invalid(f"{where}.text: Field required (a string)")
+        return text_tokens(text), text.encode("utf-8")
+    if kind == "image":
+        return IMAGE_TOKENS, json.dumps(block.get("source"), sort_keys=True).encode()
+    if kind in ("tool_use", "tool_result", "thinking", "redacted_thinking", "document"):
+        raw = json.dumps(block, sort_keys=True, separators=(",", ":")).encode()
+        return (len(raw) + 3) // 4, raw
+    raise invalid(f"{where}.type: unsupported content block type {kind!r}")
+
+
+def _feed_content(walker: _Walker, content: Any, where: str) -> None:
+    if isinstance(content, str):
+        walker.feed(text_tokens(content), content.encode("utf-8"), None, where)
+        return
+    if not isinstance(content, list):
+        raise invalid(f"{where}: expected a string or a list of content blocks")
+    for i, block in enumerate(content):
+        tokens, identity = _block_tokens(block, f"{where}.{i}")
+        walker.feed(tokens, identity, block, f"{where}.{i}")
+
+
+def analyse_prompt(body: dict[str, Any], cache_key: bytes | None) -> Prompt:
+    """Validate tools, system and messages; count tokens; find cache breakpoints.
+
+    ``cache_key`` scopes the cache (model, speed, key); None skips hashing entirely.
+    """
+    walker = _Walker(cache_key)
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise invalid("tools: expected a list")
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+                raise invalid(f"tools.{i}.name: Field required")
+            raw = json.dumps(tool, sort_keys=True, separators=(",", ":")).encode()
+            walker.feed((len(raw) + 3) // 4 + TOOL_OVERHEAD, raw, tool, f"tools.{i}")
+    system = body.get("system")
+    if system is not None:
+        walker.tokens += SYSTEM_OVERHEAD
+        _feed_content(walker, system, "system")
+    messages = body.get("messages")
+    if messages is None:
+        raise invalid("messages: Field required")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("messages: must be a non-empty list")
+    for i, message in enumerate(messages):
+        where = f"messages.{i}"
+        if not isinstance(message, dict):
+            raise invalid(f"{where}: expected an object")
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise invalid(f"{where}.role: Input should be 'user' or 'assistant'")
+        if "content" not in message:
+            raise invalid(f"{where}.content: Field required")
+        walker.tokens += MESSAGE_OVERHEAD
+        if walker.hasher is not None:
+            walker.hasher.update(b"\x00" + role.encode())
+        _feed_content(walker, message["content"], f"{where}.content")
+    return Prompt(walker.tokens, walker.breakpoints)

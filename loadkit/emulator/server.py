@@ -1,0 +1,54 @@
+"""Run the emulator: bind a loopback port, serve until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+from loadkit.emulator.app import Emulator
+from loadkit.emulator.config import EmulatorConfig
+from loadkit.emulator.http import Connection
+
+
+def _install_fast_loop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(config: EmulatorConfig, host: str, port: int, seed: int | None) -> None:
+    loop = asyncio.get_running_loop()
+    emulator = Emulator(config, seed)
+    server = await loop.create_server(
+        lambda: Connection(emulator.handle), host, port, backlog=16384, reuse_address=True
+    )
+    bound = server.sockets[0].getsockname()
+    # The first line on stdout is the contract with loadkit's process launcher.
+    print(f"loadkit emulator listening on http://{bound[0]}:{bound[1]}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+    print("loadkit emulator stopped", file=sys.stderr, flush=True)
+
+
+def run(config: EmulatorConfig, host: str, port: int, seed: int | None) -> None:
+    _install_fast_loop()
+    _raise_fd_limit()
+    asyncio.run(serve(config, host, port, seed))
+
+
+def _raise_fd_limit() -> None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

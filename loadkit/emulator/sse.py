@@ -1,0 +1,66 @@
+"""Server-sent events of the Messages stream, as bytes ready for the socket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from loadkit.emulator.http import chunk
+
+# Filler text: each word is one token under the emulator's bytes/4 approximation.
+WORDS = (" the", " load", " test", " data", " fast", " slow", " time", " next", " byte", " line")
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def event(name: str, data: Any) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (name.encode("ascii"), dumps(data))
+
+
+def filler_text(tokens: int, offset: int = 0) -> str:
+    return "".join(WORDS[(offset + i) % len(WORDS)] for i in range(tokens))
+
+
+def delta_chunk(tokens: int) -> bytes:
+    return chunk(
+        event(
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": filler_text(tokens)},
+            },
+        )
+    )
+
+
+class DeltaChunks:
+    """Prebuilt delta chunks, one per token count, so a streamed event costs one write."""
+
+    def __init__(self, tokens_per_delta: int) -> None:
+        self._chunks = [b""] + [delta_chunk(n) for n in range(1, tokens_per_delta + 1)]
+
+    def __getitem__(self, tokens: int) -> bytes:
+        return self._chunks[tokens]
+
+
+CONTENT_BLOCK_START = event(
+    "content_block_start",
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+)
+PING = event("ping", {"type": "ping"})
+CONTENT_BLOCK_STOP = event("content_block_stop", {"type": "content_block_stop", "index": 0})
+MESSAGE_STOP = event("message_stop", {"type": "message_stop"})
+
+
+def error_body(error_type: str, message: str, request_id: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "error", "error": {"type": error_type, "message": message}}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
+
+
+def error_event(error_type: str, message: str) -> bytes:
+    return event("error", error_body(error_type, message, None))

@@ -1,0 +1,117 @@
+"""Counters by model, speed and outcome, and the per-request ground truth the emulator served."""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+# Every request received ends in exactly one of these (or is still in flight).
+OUTCOMES = (
+    "completed",
+    "rate_limited",
+    "overloaded",
+    "api_error",
+    "midstream_error",
+    "cut",
+    "client_closed",
+    "invalid",
+    "unauthorized",
+)
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+
+
+class Counters:
+    __slots__ = ("in_flight", "queued", "received", *OUTCOMES, *TOKEN_FIELDS)
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class Served:
+    """What one request was served: the ground truth a harness measures itself against."""
+
+    request_id: str
+    model: str
+    speed: str
+    outcome: str
+    queue_ms: float
+    planned_ttft_ms: float  # from the request's arrival to its first delta, as scheduled
+    actual_ttft_ms: float | None  # as written to the socket
+    decode_tokens_per_s: float
+    output_tokens: int
+    first_token_lateness_ms: float | None
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+class Stats:
+    def __init__(self, served_log_size: int, lateness_window: int = 200_000) -> None:
+        self.by_key: dict[tuple[str, str], Counters] = {}
+        self.served: deque[Served] = deque(maxlen=served_log_size)
+        self._lateness = array("d")
+        self._lateness_window = lateness_window
+
+    def counters(self, model: str, speed: str) -> Counters:
+        key = (model, speed)
+        found = self.by_key.get(key)
+        if found is None:
+            found = self.by_key[key] = Counters()
+        return found
+
+    def record_lateness(self, seconds: float) -> None:
+        if len(self._lateness) >= self._lateness_window:
+            del self._lateness[: self._lateness_window // 2]
+        self._lateness.append(seconds * 1000.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        rows = []
+        totals = Counters()
+        for (model, speed), counters in sorted(self.by_key.items()):
+            row = counters.as_dict()
+            rows.append({"model": model, "speed": speed, **row})
+            for name, value in row.items():
+                setattr(totals, name, getattr(totals, name) + value)
+        late = sorted(self._lateness)
+        return {
+            "by_model_speed": rows,
+            "totals": totals.as_dict(),
+            "first_token_lateness_ms": {
+                "count": len(late),
+                "p50": _percentile(late, 0.50),
+                "p99": _percentile(late, 0.99),
+                "max": late[-1] if late else None,
+            },
+        }
+
+    def served_records(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        from dataclasses import asdict
+
+        return [asdict(s) for s in self.served if request_id is None or s.request_id == request_id]
+
+    def reset(self) -> None:
+        kept = {key: c for key, c in self.by_key.items() if c.in_flight}
+        for counters in kept.values():
+            for name in counters.__slots__:
+                if name not in ("in_flight", "queued"):
+                    setattr(counters, name, 0)
+            counters.received = counters.in_flight
+        self.by_key = kept
+        self.served.clear()
+        del self._lateness[:]
