@@ -32,8 +32,6 @@ from loadkit.emulator.stats import Counters, Served, Stats
 
 log = logging.getLogger("loadkit.emulator")
 JSON = "application/json"
-# Re-arm a timer that fires earlier than this before its target (cached loop clocks).
-EARLY_TOLERANCE_S = 0.0002
 
 
 @dataclass(slots=True)
@@ -122,7 +120,9 @@ class Job:
         self.handle = self.emulator.loop.call_later(max(0.0, delay), callback)
 
     def _early(self, target: float, callback: Any) -> bool:
-        if time.perf_counter() < target - EARLY_TOLERANCE_S:
+        # Loop timers have millisecond granularity and may fire a little early: never send
+        # before the scheduled time, so served times are never shorter than planned.
+        if time.perf_counter() < target:
             self._at(target, callback)
             return True
         return False
@@ -568,8 +568,9 @@ class Emulator:
 
         profile = runtime.profile
         cache = self.cache.plan(prompt.breakpoints, profile.min_cacheable_tokens, now)
-        uncached = prompt.tokens - cache.read_tokens - cache.creation_tokens
-        charged_input = uncached + cache.creation_tokens
+        # Cache writes are prefilled and charged like any input; cache reads are neither.
+        charged_input = prompt.tokens - cache.read_tokens
+        uncached = charged_input - cache.creation_tokens
         limited = self._check_limits(runtime, speed, charged_input, max_tokens, now)
         if limited is not None:
             self._rate_limited(conn, request_id, counters, runtime, speed, limited, now)
@@ -614,7 +615,8 @@ class Emulator:
     ) -> Plan:
         rng = self.rng
         ttft_s = (
-            profile.ttft_base_ms / 1000.0 + uncached / profile.prefill_tokens_per_s
+            profile.ttft_base_ms / 1000.0
+            + (uncached + cache.creation_tokens) / profile.prefill_tokens_per_s
         ) * _jitter(rng, profile.ttft_jitter)
         decode = profile.decode_tokens_per_s * _jitter(rng, profile.decode_jitter)
         if speed == "fast":

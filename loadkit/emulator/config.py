@@ -99,13 +99,22 @@ def _default_models() -> dict[str, ModelProfile]:
             fast_supported=True,
             min_cacheable_tokens=4096,
         ),
+        "claude-sonnet-4-6": ModelProfile(
+            display_name="Claude Sonnet 4.6",
+            created_at="2026-02-17T00:00:00Z",
+            rate_limit_class="sonnet",
+            ttft_base_ms=600,
+            prefill_tokens_per_s=40_000,
+            decode_tokens_per_s=75,
+            min_cacheable_tokens=1024,
+        ),
         "claude-sonnet-4-5": ModelProfile(
             display_name="Claude Sonnet 4.5",
             created_at="2025-09-29T00:00:00Z",
             rate_limit_class="sonnet",
             ttft_base_ms=600,
             prefill_tokens_per_s=40_000,
-            decode_tokens_per_s=75,
+            decode_tokens_per_s=70,
             min_cacheable_tokens=1024,
         ),
         "claude-haiku-4-5": ModelProfile(

@@ -8,7 +8,7 @@ from typing import Any
 from loadkit.emulator.http import chunk
 
 # Filler text: each word is one token under the emulator's bytes/4 approximation.
-WORDS = (" the", " load", " test", " data", " fast", " slow", " time", " next", " byte", " line")
+WORDS = (" the", " and", " for", " you", " can", " run", " now", " big", " new", " way")
 
 
 def dumps(obj: Any) -> bytes:

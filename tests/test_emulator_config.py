@@ -1,0 +1,96 @@
+"""The emulator's configuration, token counting and buckets, without a server."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadkit.distributions import Buckets, LogNormal, Uniform
+from loadkit.emulator.config import ConfigError, EmulatorConfig, config_from_mapping, load_config
+from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
+from loadkit.emulator.limits import Bucket
+from loadkit.emulator.prompt import analyse_prompt, text_tokens
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_documented_defaults_equal_the_code() -> None:
+    assert load_config(ROOT / "docs" / "emulator-config.yaml") == EmulatorConfig()
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"models": {"claude-opus-4-6": {"decode_tokens_per_s": 0}}}, "decode_tokens_per_s"),
+        ({"faults": {"api_error_rate": 0.7, "overloaded_rate": 0.7}}, "faults"),
+        ({"output_tokens": {"kind": "uniform", "min": 9, "max": 1}}, r"min \(9\) is greater"),
+        ({"output_tokens": {"kind": "buckets", "buckets": [{"value": 1, "weight": 0}]}}, "zero"),
+        ({"tokens_per_delta": 0}, "tokens_per_delta"),
+        ({"surprise": 1}, "surprise"),
+        ({"models": {"claude-opus-4-6": {"rate_limit_class": "nope"}}}, "rate_limit_class"),
+    ],
+)
+def test_invalid_config_names_the_field(data: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        config_from_mapping(data, "test.yaml")
+
+
+def test_cli_rejects_bad_file_at_start(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  claude-haiku-4-5:\n    ttft_base_ms: -5\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "loadkit", "emulator", "--config", str(bad), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "models.claude-haiku-4-5.ttft_base_ms" in result.stderr and str(bad) in result.stderr
+    with pytest.raises(EmulatorStartError, match="ttft_base_ms"):
+        EmulatorProcess(config_path=bad).start()
+
+
+def test_token_count_approximation() -> None:
+    assert text_tokens("") == 0 and text_tokens("abcd") == 1 and text_tokens("abcde") == 2
+    assert text_tokens("é") == 1  # UTF-8 bytes, not characters
+    body = {"system": "abcd" * 10, "messages": [{"role": "user", "content": "abcd" * 100}]}
+    # 3 per request + 3 for the system prompt + 10 + 4 per message + 100
+    assert analyse_prompt(body, None).tokens == 3 + 3 + 10 + 4 + 100
+
+
+def test_breakpoints_hash_prefixes_per_scope() -> None:
+    marked = {"type": "text", "text": "x" * 400, "cache_control": {"type": "ephemeral"}}
+    body = {"system": [marked], "messages": [{"role": "user", "content": "hello"}]}
+    fast = analyse_prompt(body, b"opus\0fast").breakpoints
+    standard = analyse_prompt(body, b"opus\0standard").breakpoints
+    again = analyse_prompt(body, b"opus\0standard").breakpoints
+    assert len(standard) == 1 and standard[0].tokens == 3 + 3 + 100
+    assert standard[0].digest == again[0].digest != fast[0].digest
+
+
+def test_bucket_refills_continuously() -> None:
+    bucket = Bucket(60, now=0.0)  # one unit per second
+    assert bucket.wait_for(60, 0.0) == 0
+    bucket.take(60)
+    assert bucket.wait_for(1, 0.0) == pytest.approx(1.0)
+    assert bucket.remaining(0.5) == 0 and bucket.remaining(2.0) == 2
+    assert bucket.wait_for(1000, 2.0) == pytest.approx(58.0)  # over capacity: needs a full bucket
+    bucket.give_back(100, 2.0)
+    assert bucket.remaining(2.0) == 60
+
+
+def test_distributions_sample_within_bounds() -> None:
+    rng = random.Random(3)
+    uniform = Uniform(min=5, max=9)
+    assert {uniform.sample(rng) for _ in range(200)} == set(range(5, 10))
+    lognormal = LogNormal(median=100, sigma=1.0, min=10, max=500)
+    draws = [lognormal.sample(rng) for _ in range(2000)]
+    assert min(draws) >= 10 and max(draws) <= 500
+    assert 80 < sorted(draws)[1000] < 125
+    buckets = Buckets(buckets=[{"value": 1, "weight": 1}, {"value": 2, "weight": 3}])
+    share = sum(buckets.sample(rng) == 2 for _ in range(4000)) / 4000
+    assert 0.7 < share < 0.8
