@@ -29,6 +29,10 @@ class Fixed(_Base):
     def mean(self) -> float:
         return float(self.value)
 
+    @property
+    def lowest(self) -> int:
+        return self.value
+
 
 class Uniform(_Base):
     kind: Literal["uniform"] = "uniform"
@@ -48,6 +52,10 @@ class Uniform(_Base):
     def mean(self) -> float:
         return (self.min + self.max) / 2
 
+    @property
+    def lowest(self) -> int:
+        return self.min
+
 
 class _Clipped(_Base):
     min: int = Field(default=0, ge=0)
@@ -58,6 +66,10 @@ class _Clipped(_Base):
         if self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
         return self
+
+    @property
+    def lowest(self) -> int:
+        return self.min
 
     def _clip(self, x: float) -> int:
         value = max(self.min, round(x))
@@ -111,6 +123,10 @@ class Buckets(_Base):
         return rng.choices(
             [b.value for b in self.buckets], weights=[b.weight for b in self.buckets]
         )[0]
+
+    @property
+    def lowest(self) -> int:
+        return min(b.value for b in self.buckets if b.weight > 0)
 
     @property
     def mean(self) -> float:

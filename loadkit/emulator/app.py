@@ -186,7 +186,7 @@ class Job:
     def _fail_midstream(self) -> None:
         if self.plan.fault == "cut":
             self.end("cut")
-            self.conn.abort()
+            self.conn.cut()
             return
         self.conn.finish_stream(sse.chunk(sse.error_event("overloaded_error", "Overloaded")))
         self.end("midstream_error")
@@ -198,7 +198,7 @@ class Job:
         plan = self.plan
         if plan.fault == "cut":
             self.end("cut")
-            self.conn.abort()
+            self.conn.cut()
             return
         if plan.fault == "midstream_error":
             self.emulator.send_error(
@@ -745,6 +745,8 @@ class Emulator:
             decode_tokens_per_s=plan.decode_tokens_per_s,
             output_tokens=plan.output_tokens,
             first_token_lateness_ms=(now - job.t_first_target) * 1000.0,
+            arrived_ns=int(job.request.received * 1e9),
+            first_token_ns=int(now * 1e9),
         )
         self.stats.served.append(job.served)
 

@@ -64,7 +64,9 @@ class Faults(_Strict):
     api_error_rate: float = Field(default=0.0, ge=0, le=1, description="500 api_error")
     overloaded_rate: float = Field(default=0.0, ge=0, le=1, description="529 overloaded_error")
     midstream_error_rate: float = Field(default=0.0, ge=0, le=1, description="event: error")
-    connection_cut_rate: float = Field(default=0.0, ge=0, le=1, description="socket reset")
+    connection_cut_rate: float = Field(
+        default=0.0, ge=0, le=1, description="connection closed mid-body"
+    )
     slow_first_byte_rate: float = Field(default=0.0, ge=0, le=1)
     slow_first_byte_ms: float = Field(default=2000.0, ge=0)
 

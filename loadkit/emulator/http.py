@@ -160,13 +160,8 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
-    def abort(self) -> None:
-        """Cut the connection with a reset, as a failing network would."""
-        if self.transport is None or self.closed:
-            return
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-            )
-        self.transport.abort()
+    def cut(self) -> None:
+        """Drop the connection mid-response (FIN, no terminating chunk), as a failing proxy
+        or server does; clients see an incomplete body."""
+        if self.transport is not None and not self.closed:
+            self.transport.close()

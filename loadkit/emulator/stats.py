@@ -52,6 +52,9 @@ class Served:
     decode_tokens_per_s: float
     output_tokens: int
     first_token_lateness_ms: float | None
+    # CLOCK_MONOTONIC in ns (time.perf_counter_ns on Linux), comparable with a local client's.
+    arrived_ns: int = 0
+    first_token_ns: int = 0
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:

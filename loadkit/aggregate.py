@@ -1,0 +1,156 @@
+"""Run statistics per model x speed: counts, sketches, tokens, cost, rate-limit headroom.
+
+Workers send what they gathered since their last report (``take_wire``); the master merges
+those into its totals (``merge_wire``), so percentiles over all workers come from merged
+sketches, not from averaged percentiles.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadkit.record import Outcome, ResultRecord
+from loadkit.sketch import Sketch
+
+SKETCHES = ("ttft_ms", "otps", "e2e_ms", "itl_ms", "queue_ms", "schedule_ttft_ms")
+TOTALS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+    "attempts",
+    "fallbacks",
+)
+
+
+@dataclass
+class Group:
+    """Everything measured for one model x speed."""
+
+    totals: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)  # "outcome: error_type"
+    cost_usd: float = 0.0
+    sketches: dict[str, Sketch] = field(default_factory=lambda: {k: Sketch() for k in SKETCHES})
+    headroom: dict[str, tuple[str, float]] = field(default_factory=dict)  # header -> (value, at)
+
+    def add(self, record: ResultRecord, now: float) -> None:
+        totals = self.totals
+        totals["requests"] += 1
+        totals["input_tokens"] += record.input_tokens
+        totals["output_tokens"] += record.output_tokens
+        totals["cache_read_input_tokens"] += record.cache_read_input_tokens
+        totals["cache_creation_input_tokens"] += record.cache_creation_input_tokens
+        totals["attempts"] += len(record.attempts)
+        totals["fallbacks"] += record.fell_back
+        self.cost_usd += record.cost_usd
+        self.outcomes[record.outcome.value] += 1
+        if record.outcome is not Outcome.OK:
+            self.errors[f"{record.outcome.value}: {record.error_type}"] += 1
+        sketches = self.sketches
+        ttft = record.ttft_ms
+        if ttft is not None:
+            sketches["ttft_ms"].add(ttft)
+            schedule_ttft = record.schedule_ttft_ms
+            if schedule_ttft is not None:
+                sketches["schedule_ttft_ms"].add(schedule_ttft)
+        otps = record.otps
+        if otps is not None:
+            sketches["otps"].add(otps)
+        if record.ok:
+            e2e = record.e2e_ms
+            if e2e is not None:
+                sketches["e2e_ms"].add(e2e)
+        itl = sketches["itl_ms"]
+        for gap in record.itl_ns:
+            itl.add(gap / 1e6)
+        if record.t_intended:
+            sketches["queue_ms"].add(max(record.queue_delay_ms, 1e-6))
+        for name, value in record.rate_limits.items():
+            if name.endswith(("-remaining", "-limit")):
+                self.headroom[name] = (value, now)
+
+    def merge(self, other: Group) -> None:
+        self.totals.update(other.totals)
+        self.outcomes.update(other.outcomes)
+        self.errors.update(other.errors)
+        self.cost_usd += other.cost_usd
+        for name, sketch in other.sketches.items():
+            self.sketches[name].merge(sketch)
+        for name, (value, at) in other.headroom.items():
+            if name not in self.headroom or self.headroom[name][1] <= at:
+                self.headroom[name] = (value, at)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "totals": dict(self.totals),
+            "outcomes": dict(self.outcomes),
+            "errors": dict(self.errors),
+            "cost_usd": self.cost_usd,
+            "sketches": {name: s.to_wire() for name, s in self.sketches.items()},
+            "headroom": {name: list(v) for name, v in self.headroom.items()},
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Group:
+        group = cls(
+            totals=Counter(data["totals"]),
+            outcomes=Counter(data["outcomes"]),
+            errors=Counter(data["errors"]),
+            cost_usd=data["cost_usd"],
+        )
+        for name, wire in data["sketches"].items():
+            group.sketches[name] = Sketch.from_wire(wire)
+        group.headroom = {name: (v[0], v[1]) for name, v in data["headroom"].items()}
+        return group
+
+
+class Aggregate:
+    """Groups keyed by (model, speed), plus the span of the run they cover."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, str], Group] = {}
+        self.started_at = time.time()
+        self.ended_at: float | None = None
+
+    def group(self, model: str, speed: str) -> Group:
+        key = (model, speed)
+        found = self.groups.get(key)
+        if found is None:
+            found = self.groups[key] = Group()
+        return found
+
+    def add(self, record: ResultRecord) -> None:
+        self.group(record.model, record.speed).add(record, time.time())
+
+    def take_wire(self) -> list[dict[str, Any]]:
+        """What was gathered since the last call, as plain data; then start afresh."""
+        wire = [
+            {"model": model, "speed": speed, **group.to_wire()}
+            for (model, speed), group in self.groups.items()
+        ]
+        self.groups = {}
+        return wire
+
+    def merge_wire(self, wire: list[dict[str, Any]]) -> None:
+        for item in wire:
+            self.group(item["model"], item["speed"]).merge(Group.from_wire(item))
+
+    @property
+    def elapsed_s(self) -> float:
+        return max(1e-9, (self.ended_at or time.time()) - self.started_at)
+
+    def total(self) -> Group:
+        combined = Group()
+        for group in self.groups.values():
+            combined.merge(group)
+        return combined
+
+    def reset(self) -> None:
+        self.groups = {}
+        self.started_at = time.time()
+        self.ended_at = None

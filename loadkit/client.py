@@ -1,0 +1,341 @@
+"""The streaming client: one request through the official SDK, timed as its bytes arrive.
+
+The SDK builds and sends the request (auth, headers, betas, retries, error mapping); the body
+is then read as raw bytes, and only the rare events (message_start, message_delta, error) are
+parsed. Deltas are counted, never decoded. Each HTTP attempt is seen through httpx event
+hooks, so the SDK's own retries are recorded too.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+import httpx2
+
+from loadkit.catalog import FAST_MODE_BETA, cost_usd
+from loadkit.record import Attempt, Outcome, ResultRecord
+
+DELTA = b"event: content_block_delta"
+EVENT = b"event: "
+_now = time.perf_counter_ns
+_current: contextvars.ContextVar[ResultRecord | None] = contextvars.ContextVar(
+    "loadkit_record", default=None
+)
+RATE_LIMIT_PREFIXES = ("anthropic-ratelimit-", "anthropic-fast-")
+STATUS_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+
+@dataclass(slots=True)
+class RequestSpec:
+    """Everything needed to send one Messages request."""
+
+    model: str
+    speed: str
+    max_tokens: int
+    messages: list[dict[str, Any]]
+    system: Any = None
+    temperature: float | None = None
+    stop_sequences: list[str] = field(default_factory=list)
+    scenario: str = "workload"
+    prompt_tokens_target: int = 0
+    cache_ttl: str = "5m"
+    t_intended: int = 0
+
+
+class RequestCancelled(BaseException):
+    """The request was interrupted (e.g. the run ended); ``record`` says how far it got."""
+
+    def __init__(self, record: ResultRecord) -> None:
+        super().__init__("request cancelled")
+        self.record = record
+
+
+def _event_json(block: bytes, name: bytes) -> dict[str, Any] | None:
+    marker = EVENT + name + b"\ndata: "
+    start = block.find(marker)
+    if start < 0:
+        return None
+    start += len(marker)
+    end = block.find(b"\n", start)
+    try:
+        data = json.loads(block[start : end if end >= 0 else len(block)])
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class StreamingClient:
+    """One per process: a shared SDK client whose connection pool fits the user count."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        pool_size: int = 100,
+        max_retries: int = 0,
+        timeout_s: float = 600.0,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.http = httpx2.Client(
+            limits=httpx2.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
+            timeout=httpx2.Timeout(timeout_s, connect=connect_timeout_s),
+            event_hooks={"request": [self._on_request], "response": [self._on_response]},
+        )
+        self.sdk = anthropic.Anthropic(
+            api_key=api_key, base_url=base_url, max_retries=max_retries, http_client=self.http
+        )
+
+    def close(self) -> None:
+        self.sdk.close()
+
+    def count_tokens(self, model: str, messages: list[dict[str, Any]], system: Any) -> int:
+        kwargs: dict[str, Any] = {"model": model, "messages": messages}
+        if system is not None:
+            kwargs["system"] = system
+        return self.sdk.messages.count_tokens(**kwargs).input_tokens
+
+    # attempts, seen through httpx's hooks ---------------------------------------------------
+    @staticmethod
+    def _on_request(request: httpx2.Request) -> None:
+        record = _current.get()
+        if record is None:
+            return
+        now = _now()
+        attempts = record.attempts
+        waited = 0.0
+        if attempts:
+            previous = attempts[-1]
+            waited = (now - (previous.t_headers or previous.t_send)) / 1e9
+        attempt = Attempt(record.speed, now, waited_s=waited)
+        attempts.append(attempt)
+        first = len(attempts) == 1
+        if first:
+            record.t_send = now
+
+        def sent(event: str, info: Any) -> None:
+            # t_send is when the body has been written to the socket, not when the request
+            # object was built: the transport's own overhead is not the server's latency.
+            if event.endswith("send_request_body.complete"):
+                attempt.t_send = sent_at = _now()
+                if first:
+                    record.t_send = sent_at
+
+        request.extensions["trace"] = sent
+
+    @staticmethod
+    def _on_response(response: httpx2.Response) -> None:
+        record = _current.get()
+        if record is None or not record.attempts:
+            return
+        attempt = record.attempts[-1]
+        attempt.t_headers = _now()
+        attempt.status = status = response.status_code
+        headers = response.headers
+        limits = record.rate_limits
+        for name, value in headers.items():
+            if name.startswith(RATE_LIMIT_PREFIXES):
+                limits[name] = value
+        if status >= 400:
+            attempt.error_type = STATUS_ERROR_TYPES.get(status, f"http_{status}")
+            retry_after = headers.get("retry-after")
+            if retry_after is not None:
+                try:
+                    attempt.retry_after_s = float(retry_after)
+                except ValueError:
+                    attempt.retry_after_s = None
+
+    # one request ----------------------------------------------------------------------------
+    def send(self, spec: RequestSpec) -> ResultRecord:
+        record = ResultRecord(
+            model=spec.model,
+            speed=spec.speed,
+            scenario=spec.scenario,
+            prompt_tokens_target=spec.prompt_tokens_target,
+            max_tokens=spec.max_tokens,
+            t_intended=spec.t_intended,
+        )
+        token = _current.set(record)
+        try:
+            self._exchange(spec, record)
+        except anthropic.APIStatusError as err:
+            self._status_failure(record, err)
+        except (anthropic.APITimeoutError, httpx2.TimeoutException) as err:
+            self._fail(record, Outcome.TIMEOUT, "timeout", str(err) or type(err).__name__)
+        except (anthropic.APIConnectionError, httpx2.TransportError) as err:
+            cause = err.__cause__ or err
+            self._fail(record, Outcome.CONNECTION_ERROR, type(cause).__name__, str(cause))
+        except Exception as err:  # a bug or an unexpected library error: still accounted
+            self._fail(record, Outcome.CLIENT_ERROR, type(err).__name__, str(err))
+        except BaseException as err:  # GreenletExit, KeyboardInterrupt: the run is ending
+            self._fail(record, Outcome.CANCELLED, "cancelled", type(err).__name__)
+            raise RequestCancelled(record) from err
+        finally:
+            _current.reset(token)
+            self._finish(record, spec)
+        return record
+
+    def _exchange(self, spec: RequestSpec, record: ResultRecord) -> None:
+        kwargs: dict[str, Any] = {
+            "model": spec.model,
+            "max_tokens": spec.max_tokens,
+            "messages": spec.messages,
+            "stream": True,
+        }
+        if spec.system is not None:
+            kwargs["system"] = spec.system
+        if spec.stop_sequences:
+            kwargs["stop_sequences"] = spec.stop_sequences
+        if spec.temperature is not None:
+            kwargs["extra_body"] = {"temperature": spec.temperature}
+        if spec.speed == "fast":
+            kwargs["betas"] = [FAST_MODE_BETA]
+            kwargs["speed"] = "fast"
+            api: Any = self.sdk.beta.messages
+        else:
+            api = self.sdk.messages
+        with api.with_streaming_response.create(**kwargs) as response:
+            http_response: httpx2.Response = response.http_response
+            record.status = http_response.status_code
+            record.t_headers = record.attempts[-1].t_headers if record.attempts else _now()
+            record.request_id = http_response.headers.get("request-id")
+            encoded = http_response.headers.get("content-encoding", "identity") != "identity"
+            chunks = http_response.iter_bytes() if encoded else http_response.iter_raw()
+            self._read_events(chunks, record)
+
+    @staticmethod
+    def _read_events(chunks: Iterator[bytes], record: ResultRecord) -> None:
+        """The hot loop: one timestamp per read, deltas counted, rare events parsed."""
+        carry = b""
+        first = last = 0
+        deltas = 0
+        itl = record.itl_ns
+        try:
+            for chunk in chunks:
+                now = _now()
+                if carry:
+                    chunk = carry + chunk
+                if chunk.endswith(b"\n\n"):
+                    carry = b""
+                else:
+                    cut = chunk.rfind(b"\n\n") + 2
+                    carry, chunk = chunk[cut:], chunk[:cut]
+                    if not chunk:
+                        continue
+                n = chunk.count(DELTA)
+                if n:
+                    if first:
+                        itl.append(now - last)
+                    else:
+                        first = now
+                    last = now
+                    deltas += n
+                    if n == chunk.count(EVENT):
+                        continue
+                if StreamingClient._rare_events(chunk, record, now):
+                    break
+        finally:
+            record.t_first_token, record.t_last_token, record.deltas = first, last, deltas
+        if not record.t_end:
+            record.t_end = _now()
+            if record.outcome is Outcome.OK:
+                record.outcome = Outcome.CONNECTION_ERROR
+                record.error_type = "incomplete_stream"
+                record.error_message = "the stream ended before message_stop"
+
+    @staticmethod
+    def _rare_events(block: bytes, record: ResultRecord, now: int) -> bool:
+        """Handle message_start, message_delta, error and message_stop; True at the end."""
+        if not record.t_message_start:
+            start = _event_json(block, b"message_start")
+            if start is not None:
+                record.t_message_start = now
+                message = start.get("message") or {}
+                record.request_id = record.request_id or message.get("id")
+                _take_usage(record, message.get("usage") or {})
+        delta = _event_json(block, b"message_delta")
+        if delta is not None:
+            record.stop_reason = (delta.get("delta") or {}).get("stop_reason")
+            _take_usage(record, delta.get("usage") or {})
+        if EVENT + b"error\n" in block:
+            error = (_event_json(block, b"error") or {}).get("error") or {}
+            record.outcome = Outcome.STREAM_ERROR
+            record.error_type = error.get("type", "stream_error")
+            record.error_message = error.get("message", "")
+            record.t_end = now
+            return True
+        if EVENT + b"message_stop" in block:
+            record.t_end = now
+            return True
+        return False
+
+    @staticmethod
+    def _status_failure(record: ResultRecord, err: anthropic.APIStatusError) -> None:
+        status = err.status_code
+        body = err.body if isinstance(err.body, dict) else {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        error_type = error.get("type") or STATUS_ERROR_TYPES.get(status, f"http_{status}")
+        if status == 429:
+            outcome = Outcome.RATE_LIMITED
+        elif status == 529:
+            outcome = Outcome.OVERLOADED
+        elif status == 408:
+            outcome = Outcome.TIMEOUT
+        elif status >= 500:
+            outcome = Outcome.API_ERROR
+        else:
+            outcome = Outcome.CLIENT_ERROR
+        record.status = status
+        record.request_id = err.response.headers.get("request-id") or record.request_id
+        StreamingClient._fail(record, outcome, error_type, error.get("message") or str(err))
+
+    @staticmethod
+    def _fail(record: ResultRecord, outcome: Outcome, error_type: str, message: str) -> None:
+        record.outcome = outcome
+        record.error_type = error_type
+        record.error_message = message[:500]
+        if not record.t_end:
+            record.t_end = _now()
+
+    @staticmethod
+    def _finish(record: ResultRecord, spec: RequestSpec) -> None:
+        served = record.served_speed or spec.speed
+        record.cost_usd = cost_usd(
+            record.model,
+            served,
+            record.input_tokens,
+            record.output_tokens,
+            record.cache_read_input_tokens,
+            record.cache_creation_input_tokens,
+            spec.cache_ttl,
+        )
+        if record.attempts and record.t_first_token:
+            serving = record.attempts[-1]
+            serving.ttft_ms = (record.t_first_token - serving.t_send) / 1e6
+
+
+def _take_usage(record: ResultRecord, usage: dict[str, Any]) -> None:
+    if "input_tokens" in usage and usage["input_tokens"] is not None:
+        record.input_tokens = usage["input_tokens"]
+    if usage.get("output_tokens") is not None:
+        record.output_tokens = usage["output_tokens"]
+    if usage.get("cache_read_input_tokens") is not None:
+        record.cache_read_input_tokens = usage["cache_read_input_tokens"]
+    if usage.get("cache_creation_input_tokens") is not None:
+        record.cache_creation_input_tokens = usage["cache_creation_input_tokens"]
+    if usage.get("speed"):
+        record.served_speed = usage["speed"]

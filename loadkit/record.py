@@ -1,0 +1,108 @@
+"""The result of one request: times, usage, outcome and every attempt it took."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    OK = "ok"
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    API_ERROR = "api_error"
+    STREAM_ERROR = "stream_error"
+    CONNECTION_ERROR = "connection_error"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    CLIENT_ERROR = "client_error"
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One HTTP attempt (the SDK's retries and a fallback each make one)."""
+
+    speed: str
+    t_send: int  # perf_counter_ns when handed to the transport
+    t_headers: int = 0
+    status: int = 0
+    error_type: str | None = None
+    retry_after_s: float | None = None
+    waited_s: float = 0.0  # time between the previous attempt's answer and this send
+    ttft_ms: float | None = None
+
+
+@dataclass(slots=True)
+class ResultRecord:
+    model: str
+    speed: str  # requested speed of the first attempt
+    scenario: str
+    prompt_tokens_target: int
+    max_tokens: int
+    # Times, perf_counter_ns of this process; 0 when the point was never reached.
+    t_intended: int = 0
+    t_send: int = 0
+    t_headers: int = 0
+    t_message_start: int = 0
+    t_first_token: int = 0
+    t_last_token: int = 0
+    t_end: int = 0
+    deltas: int = 0
+    itl_ns: list[int] = field(default_factory=list)
+    # What the server said.
+    request_id: str | None = None
+    status: int = 0
+    outcome: Outcome = Outcome.OK
+    error_type: str | None = None
+    error_message: str | None = None
+    stop_reason: str | None = None
+    served_speed: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    rate_limits: dict[str, str] = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
+    fell_back: bool = False
+    cost_usd: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+    @property
+    def ttft_ms(self) -> float | None:
+        if not self.t_first_token or not self.t_send:
+            return None
+        return (self.t_first_token - self.t_send) / 1e6
+
+    @property
+    def e2e_ms(self) -> float | None:
+        if not self.t_end or not self.t_send:
+            return None
+        return (self.t_end - self.t_send) / 1e6
+
+    @property
+    def queue_delay_ms(self) -> float:
+        if not self.t_intended or not self.t_send:
+            return 0.0
+        return max(0.0, (self.t_send - self.t_intended) / 1e6)
+
+    @property
+    def schedule_ttft_ms(self) -> float | None:
+        """TTFT counted from the intended start (open-loop), lateness included."""
+        if not self.t_first_token:
+            return None
+        return (self.t_first_token - (self.t_intended or self.t_send)) / 1e6
+
+    @property
+    def otps(self) -> float | None:
+        """Decode speed: (output_tokens - 1) / (t_last_token - t_first_token)."""
+        span = self.t_last_token - self.t_first_token
+        if self.output_tokens < 2 or span <= 0 or not self.t_first_token:
+            return None
+        return (self.output_tokens - 1) / (span / 1e9)
+
+    @property
+    def retry_wait_s(self) -> float:
+        return sum(a.waited_s for a in self.attempts)
