@@ -27,6 +27,21 @@ TOTALS = (
 )
 
 
+def attempt_outcome(status: int) -> str:
+    """The outcome of an attempt that was answered with ``status`` and then retried."""
+    if status == 429:
+        return Outcome.RATE_LIMITED.value
+    if status == 529:
+        return Outcome.OVERLOADED.value
+    if status >= 500:
+        return Outcome.API_ERROR.value
+    if status >= 400:
+        return Outcome.CLIENT_ERROR.value
+    if status == 0:
+        return Outcome.CONNECTION_ERROR.value
+    return Outcome.OK.value
+
+
 @dataclass
 class Group:
     """Everything measured for one model x speed."""
@@ -34,6 +49,8 @@ class Group:
     totals: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)  # "outcome: error_type"
+    # every HTTP attempt by "speed/outcome", for reconciling with the server's own counters
+    attempt_outcomes: Counter[str] = field(default_factory=Counter)
     cost_usd: float = 0.0
     sketches: dict[str, Sketch] = field(default_factory=lambda: {k: Sketch() for k in SKETCHES})
     headroom: dict[str, tuple[str, float]] = field(default_factory=dict)  # header -> (value, at)
@@ -45,7 +62,13 @@ class Group:
         totals["output_tokens"] += record.output_tokens
         totals["cache_read_input_tokens"] += record.cache_read_input_tokens
         totals["cache_creation_input_tokens"] += record.cache_creation_input_tokens
-        totals["attempts"] += len(record.attempts)
+        attempts = record.attempts
+        totals["attempts"] += len(attempts)
+        if attempts:
+            tally = self.attempt_outcomes
+            for attempt in attempts[:-1]:
+                tally[f"{attempt.speed}/{attempt_outcome(attempt.status)}"] += 1
+            tally[f"{attempts[-1].speed}/{record.outcome.value}"] += 1
         totals["fallbacks"] += record.fell_back
         self.cost_usd += record.cost_usd
         self.outcomes[record.outcome.value] += 1
@@ -78,6 +101,7 @@ class Group:
         self.totals.update(other.totals)
         self.outcomes.update(other.outcomes)
         self.errors.update(other.errors)
+        self.attempt_outcomes.update(other.attempt_outcomes)
         self.cost_usd += other.cost_usd
         for name, sketch in other.sketches.items():
             self.sketches[name].merge(sketch)
@@ -90,6 +114,7 @@ class Group:
             "totals": dict(self.totals),
             "outcomes": dict(self.outcomes),
             "errors": dict(self.errors),
+            "attempt_outcomes": dict(self.attempt_outcomes),
             "cost_usd": self.cost_usd,
             "sketches": {name: s.to_wire() for name, s in self.sketches.items()},
             "headroom": {name: list(v) for name, v in self.headroom.items()},
@@ -101,6 +126,7 @@ class Group:
             totals=Counter(data["totals"]),
             outcomes=Counter(data["outcomes"]),
             errors=Counter(data["errors"]),
+            attempt_outcomes=Counter(data["attempt_outcomes"]),
             cost_usd=data["cost_usd"],
         )
         for name, wire in data["sketches"].items():

@@ -80,13 +80,16 @@ def _event_json(block: bytes, name: bytes) -> dict[str, Any] | None:
 
 
 class StreamingClient:
-    """One per process: a shared SDK client whose connection pool fits the user count."""
+    """One per process: a shared SDK client whose connection pool fits the user count.
+
+    ``pool_size`` None lets the pool grow to one connection per concurrent user.
+    """
 
     def __init__(
         self,
         base_url: str,
         api_key: str,
-        pool_size: int = 100,
+        pool_size: int | None = None,
         max_retries: int = 0,
         timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
@@ -182,7 +185,7 @@ class StreamingClient:
         except Exception as err:  # a bug or an unexpected library error: still accounted
             self._fail(record, Outcome.CLIENT_ERROR, type(err).__name__, str(err))
         except BaseException as err:  # GreenletExit, KeyboardInterrupt: the run is ending
-            self._fail(record, Outcome.CANCELLED, "cancelled", type(err).__name__)
+            self._fail(record, Outcome.CANCELLED, "run_ended", type(err).__name__)
             raise RequestCancelled(record) from err
         finally:
             _current.reset(token)

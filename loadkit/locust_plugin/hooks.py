@@ -1,0 +1,197 @@
+"""Locust event wiring: options, run preparation, worker reports, the end-of-run summary.
+
+Process roles: the local runner does everything; in distributed runs the master validates
+the workload, starts the embedded emulator if needed and forwards both (through
+``parsed_options``) to the workers, which run the users and report their aggregates every
+few seconds; the master merges them and prints the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from typing import Any
+
+import gevent
+from locust import events
+from locust.runners import LocalRunner, MasterRunner, WorkerRunner
+
+from loadkit.accounting import reconcile
+from loadkit.emulator.config import ConfigError, load_config
+from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
+from loadkit.locust_plugin import webui
+from loadkit.locust_plugin.options import add_options
+from loadkit.locust_plugin.reporting import CANCELLED_MESSAGE
+from loadkit.locust_plugin.state import STATE, load_workload_option, resolve_path
+from loadkit.summary import format_table, summary_data, write_json
+from loadkit.workload import WorkloadError
+
+log = logging.getLogger("loadkit")
+WIRE_KEY = "loadkit"
+# Workers report every 3 s; a web-UI stop waits this long for their last report.
+LAST_REPORT_WAIT_S = 3.5
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any, **_: Any) -> None:
+    add_options(parser)
+
+
+def _fail_run(environment: Any, message: str) -> None:
+    """A run that cannot start: say why, once, and end it with exit code 2."""
+    log.error("%s", message)
+    print(f"loadkit: {message}", file=sys.stderr, flush=True)
+    environment.process_exit_code = 2
+    runner = environment.runner
+    if environment.parsed_options and environment.parsed_options.headless:
+        gevent.spawn(runner.quit)
+    else:
+        gevent.spawn(runner.stop)
+
+
+@events.init.add_listener
+def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
+    # CPU-heavy imports leave gevent's cached clock behind; without this, -t ends early.
+    gevent.get_hub().loop.update_now()
+    if web_ui is not None:
+        webui.install(web_ui)
+    if isinstance(runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    try:  # fail fast, before anything starts, on a bad workload or emulator config
+        load_workload_option(environment.parsed_options.workload)
+        if environment.parsed_options.emulator_config:
+            load_config(resolve_path(environment.parsed_options.emulator_config))
+    except (WorkloadError, ConfigError) as err:
+        _fail_run(environment, str(err))
+
+
+def _target(environment: Any) -> str:
+    options = environment.parsed_options
+    if options.target_url:
+        options.loadkit_embedded_url = ""
+        return str(options.target_url).rstrip("/")
+    if STATE.emulator is None:
+        config_path = resolve_path(options.emulator_config) if options.emulator_config else None
+        STATE.emulator = EmulatorProcess(config_path=config_path)
+        STATE.emulator.start()
+        log.info("loadkit: started the embedded emulator at %s", STATE.emulator.base_url)
+    options.loadkit_embedded_url = STATE.emulator.base_url
+    import httpx2
+
+    httpx2.post(f"{STATE.emulator.base_url}/_emulator/reset", timeout=5).raise_for_status()
+    return STATE.emulator.base_url
+
+
+@events.test_start.add_listener
+def _test_start(environment: Any, **_: Any) -> None:
+    options = environment.parsed_options
+    runner = environment.runner
+    STATE.finished = False
+    STATE.aggregate.reset()
+    if not isinstance(runner, WorkerRunner):
+        try:
+            workload = load_workload_option(options.workload)
+            options.loadkit_workload_data = workload.model_dump(mode="json", by_alias=True)
+            options.loadkit_target = _target(environment)
+        except (WorkloadError, ConfigError, EmulatorStartError) as err:
+            _fail_run(environment, str(err))
+            return
+        options.loadkit_run_id = STATE.run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(
+            3
+        )
+        log.info(
+            "loadkit run %s: workload %s, target %s",
+            STATE.run_id,
+            workload.name,
+            options.loadkit_target,
+        )
+    else:
+        STATE.run_id = options.loadkit_run_id
+    if isinstance(runner, MasterRunner):
+        return
+    try:
+        STATE.prepare(options, options.loadkit_workload_data, options.loadkit_target)
+    except Exception as err:  # calibration against an unreachable target, a missing key...
+        STATE.close_client()
+        _fail_run(environment, f"cannot prepare the run: {err}")
+
+
+@events.report_to_master.add_listener
+def _report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    data[WIRE_KEY] = STATE.aggregate.take_wire()
+
+
+@events.worker_report.add_listener
+def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    STATE.aggregate.merge_wire(data.get(WIRE_KEY) or [])
+
+
+def _finish(environment: Any) -> None:
+    """Print the summary (and write the JSON) once per run, on the local runner or master."""
+    if STATE.finished or isinstance(environment.runner, WorkerRunner) or not STATE.run_id:
+        return
+    STATE.finished = True
+    STATE.aggregate.ended_at = STATE.aggregate.ended_at or time.time()
+    data = summary_data(STATE.aggregate, STATE.run_id)
+    print("\n" + format_table(data), flush=True)
+    if STATE.emulator is not None:
+        data["accounting"] = _reconcile_with_emulator(STATE.emulator.base_url)
+    print("", flush=True)
+    path = environment.parsed_options.summary_json
+    if path:
+        write_json(data, path)
+        print(f"loadkit: summary written to {path}", flush=True)
+
+
+def _reconcile_with_emulator(base_url: str) -> dict[str, Any]:
+    """Compare every attempt the harness made with what the embedded emulator counted."""
+    import httpx2
+
+    deadline = time.monotonic() + 5.0
+    stats: dict[str, Any] = {}
+    while time.monotonic() < deadline:  # cut streams reach the emulator a moment later
+        stats = httpx2.get(f"{base_url}/_emulator/stats", timeout=5).json()
+        if not stats["totals"]["in_flight"]:
+            break
+        gevent.sleep(0.05)
+    problems = reconcile(STATE.aggregate, stats)
+    received = stats["totals"]["received"]
+    if problems:
+        print("accounting: the harness and the emulator disagree:", flush=True)
+        for line in problems:
+            print(f"  {line}", flush=True)
+    else:
+        print(f"accounting: all {received} attempts match the emulator's counters", flush=True)
+    return {"emulator_received": received, "mismatches": problems}
+
+
+@events.test_stop.add_listener
+def _test_stop(environment: Any, **_: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        return
+    STATE.aggregate.ended_at = time.time()
+    if environment.parsed_options.headless:
+        return  # the summary comes at quitting, after the workers' final reports
+    if isinstance(runner, LocalRunner):
+        _finish(environment)
+    else:
+        gevent.spawn_later(LAST_REPORT_WAIT_S, _finish, environment)
+
+
+@events.quitting.add_listener
+def _quitting(environment: Any, **_: Any) -> None:
+    runner = environment.runner
+    STATE.close_client()
+    if isinstance(runner, WorkerRunner):
+        return
+    _finish(environment)
+    STATE.stop_emulator()
+    # Streams cut by the end of the run are reported (as cancelled) so that none vanish, but
+    # they are not errors of the system under test: alone they do not fail the run.
+    errors = runner.stats.errors.values() if runner is not None else []
+    real = [e for e in errors if CANCELLED_MESSAGE not in str(e.error)]
+    if environment.process_exit_code is None and errors and not real and not runner.exceptions:
+        environment.process_exit_code = 0

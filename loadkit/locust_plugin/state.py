@@ -1,0 +1,114 @@
+"""Per-process state of a loadkit run, shared by the users and the event hooks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import loadkit
+from loadkit.aggregate import Aggregate
+from loadkit.client import RequestSpec, StreamingClient
+from loadkit.emulator.launcher import EmulatorProcess
+from loadkit.prompts import PromptFactory
+from loadkit.workload import Sampler, Workload, WorkloadError, load_workload, parse_workload
+
+log = logging.getLogger("loadkit")
+EMULATOR_KEY = "loadkit-emulator-key"
+
+
+def resolve_path(path: str) -> Path:
+    """A path as given, or else relative to the loadkit checkout (for the shipped files)."""
+    given = Path(path).expanduser()
+    if given.exists() or given.is_absolute():
+        return given
+    shipped = Path(loadkit.__file__).resolve().parent.parent / path
+    return shipped if shipped.exists() else given
+
+
+def load_workload_option(path: str) -> Workload:
+    return load_workload(resolve_path(path))
+
+
+@dataclass
+class RunState:
+    """What one process knows of the current run."""
+
+    run_id: str = ""
+    workload: Workload | None = None
+    client: StreamingClient | None = None
+    sampler: Sampler | None = None
+    prompts: PromptFactory | None = None
+    #: totals of the run (local runner and master) or since the last report (worker)
+    aggregate: Aggregate = field(default_factory=Aggregate)
+    emulator: EmulatorProcess | None = None
+    finished: bool = False
+    cache_ttl: str = "5m"
+
+    def prepare(self, options: Any, workload_data: dict[str, Any], target: str) -> None:
+        """Build the client, sampler and prompt factory for a run (on every process)."""
+        self.close_client()
+        workload = parse_workload(workload_data, getattr(options, "workload", "workload"))
+        api_key = os.environ.get("ANTHROPIC_API_KEY") or ""
+        if not api_key:
+            if not getattr(options, "loadkit_embedded_url", ""):
+                raise WorkloadError(
+                    "ANTHROPIC_API_KEY is not set (it is read from the environment only)"
+                )
+            api_key = EMULATOR_KEY
+        seed = options.workload_seed or secrets.randbits(32)
+        self.workload = workload
+        self.client = StreamingClient(
+            target,
+            api_key,
+            pool_size=None,
+            max_retries=options.max_retries,
+            timeout_s=options.request_timeout,
+        )
+        self.sampler = Sampler(workload, random.Random(seed))
+        prefix = workload.system_prefix
+        self.cache_ttl = prefix.ttl if prefix else "5m"
+        self.prompts = PromptFactory(
+            seed,
+            system_prefix_tokens=prefix.tokens if prefix else 0,
+            cache_prefix=bool(prefix and prefix.cache),
+            cache_ttl=self.cache_ttl,
+        )
+        for mix in workload.models:
+            self.prompts.calibrate(mix.model, self.client.count_tokens)
+
+    def next_spec(self) -> RequestSpec:
+        assert self.sampler is not None and self.prompts is not None and self.workload
+        draw = self.sampler.draw()
+        prefix = self.workload.system_prefix
+        target = draw.prompt_tokens + (prefix.tokens if prefix else 0)
+        messages, system = self.prompts.build(draw.model, target)
+        return RequestSpec(
+            model=draw.model,
+            speed=draw.speed,
+            max_tokens=draw.max_tokens,
+            messages=messages,
+            system=system,
+            temperature=self.workload.temperature,
+            stop_sequences=self.workload.stop_sequences,
+            scenario=self.workload.name,
+            prompt_tokens_target=target,
+            cache_ttl=self.cache_ttl,
+        )
+
+    def close_client(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def stop_emulator(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+
+
+STATE = RunState()
