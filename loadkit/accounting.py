@@ -1,14 +1,21 @@
 """Reconcile the harness's counts with the emulator's: every attempt sent must be seen there.
 
-Harness outcome -> emulator counter. A timeout or cancellation is a client that went away.
+Harness outcome -> emulator counter. A timeout or cancellation is a client that went away;
+when it goes away after the server wrote its last byte, the server has counted the request
+completed. So ``completed`` and ``client_closed`` are checked together: the harness's ok
+requests can be no more than the server's completed ones, and ok + cancelled + timed out
+must equal completed + client_closed.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
-from loadkit.aggregate import Aggregate
+import httpx2
+
+from loadkit.aggregate import UNSENT, Aggregate
 
 EMULATOR_COUNTER = {
     "ok": "completed",
@@ -29,6 +36,8 @@ def harness_counts(aggregate: Aggregate) -> Counter[tuple[str, str, str]]:
     for (model, _requested), group in aggregate.groups.items():
         for key, n in group.attempt_outcomes.items():
             speed, outcome = key.split("/", 1)
+            if outcome == UNSENT:
+                continue
             counts[(model, speed, EMULATOR_COUNTER.get(outcome, outcome))] += n
             counts[(model, speed, "received")] += n
     return counts
@@ -49,14 +58,70 @@ def emulator_counts(stats: dict[str, Any]) -> Counter[tuple[str, str, str]]:
     return counts
 
 
-def reconcile(aggregate: Aggregate, stats: dict[str, Any]) -> list[str]:
-    """Differences between the two sides, one line each; empty when every attempt agrees."""
-    ours, theirs = harness_counts(aggregate), emulator_counts(stats)
+def reconcile(aggregate: Aggregate, theirs: Counter[tuple[str, str, str]]) -> list[str]:
+    """Differences between the two sides, one line each; empty when every attempt agrees.
+
+    ``theirs`` is what the emulator counted during the run (``emulator_counts`` of its stats
+    at the end minus those at the start).
+    """
+    ours = harness_counts(aggregate)
     problems = []
-    for key in sorted(set(ours) | set(theirs)):
-        if ours[key] != theirs[key]:
-            model, speed, counter = key
+    pairs = {(model, speed) for model, speed, _ in set(ours) | set(theirs)}
+    for model, speed in sorted(pairs):
+        for counter in ("received", *sorted(set(EMULATOR_COUNTER.values()))):
+            key = (model, speed, counter)
+            if counter in ("completed", "client_closed") or ours[key] == theirs[key]:
+                continue
             problems.append(
                 f"{model} {speed} {counter}: harness {ours[key]}, emulator {theirs[key]}"
             )
+        ok, done = ours[(model, speed, "completed")], theirs[(model, speed, "completed")]
+        gone = ours[(model, speed, "client_closed")]
+        closed = theirs[(model, speed, "client_closed")]
+        if ok > done or ok + gone != done + closed:
+            problems.append(
+                f"{model} {speed} completed/client_closed: harness {ok}/{gone}, "
+                f"emulator {done}/{closed}"
+            )
     return problems
+
+
+def sent_attempts(aggregate: Aggregate) -> int:
+    return sum(
+        n for (_, _, counter), n in harness_counts(aggregate).items() if counter == "received"
+    )
+
+
+class EmulatorCounters:
+    """The counters of a target that is a loadkit emulator, read at the start and the end."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.baseline: dict[str, Any] | None = self._stats()
+
+    def _stats(self) -> dict[str, Any] | None:
+        try:
+            response = httpx2.get(f"{self.base_url}/_emulator/stats", timeout=5)
+            data = response.json() if response.status_code == 200 else None
+        except (httpx2.HTTPError, ValueError):
+            return None
+        return data if isinstance(data, dict) and "by_model_speed" in data else None
+
+    @property
+    def available(self) -> bool:
+        return self.baseline is not None
+
+    def during_run(self, settle_s: float = 5.0) -> Counter[tuple[str, str, str]]:
+        """What the emulator counted since the start, once the run's streams have settled."""
+        assert self.baseline is not None
+        before = self.baseline["totals"]["in_flight"]
+        deadline = time.monotonic() + settle_s
+        end = self._stats()
+        while end is not None and end["totals"]["in_flight"] > before:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # cut streams reach the emulator a moment later
+            end = self._stats()
+        if end is None:
+            raise RuntimeError(f"the emulator at {self.base_url} stopped answering")
+        return emulator_counts(end) - emulator_counts(self.baseline)

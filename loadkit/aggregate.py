@@ -27,6 +27,9 @@ TOTALS = (
 )
 
 
+UNSENT = "unsent"  # interrupted before the request was fully written: no server saw it
+
+
 def attempt_outcome(status: int) -> str:
     """The outcome of an attempt that was answered with ``status`` and then retried."""
     if status == 429:
@@ -68,7 +71,8 @@ class Group:
             tally = self.attempt_outcomes
             for attempt in attempts[:-1]:
                 tally[f"{attempt.speed}/{attempt_outcome(attempt.status)}"] += 1
-            tally[f"{attempts[-1].speed}/{record.outcome.value}"] += 1
+            last = attempts[-1]
+            tally[f"{last.speed}/{record.outcome.value if last.sent else UNSENT}"] += 1
         totals["fallbacks"] += record.fell_back
         self.cost_usd += record.cost_usd
         self.outcomes[record.outcome.value] += 1

@@ -134,6 +134,7 @@ class StreamingClient:
             # t_send is when the body has been written to the socket, not when the request
             # object was built: the transport's own overhead is not the server's latency.
             if event.endswith("send_request_body.complete"):
+                attempt.sent = True
                 attempt.t_send = sent_at = _now()
                 if first:
                     record.t_send = sent_at

@@ -30,6 +30,7 @@ class Attempt:
     retry_after_s: float | None = None
     waited_s: float = 0.0  # time between the previous attempt's answer and this send
     ttft_ms: float | None = None
+    sent: bool = False  # the whole request was written (a server may have seen it)
 
 
 @dataclass(slots=True)

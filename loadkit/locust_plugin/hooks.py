@@ -16,9 +16,10 @@ from typing import Any
 
 import gevent
 from locust import events
+from locust import stats as locust_stats
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
-from loadkit.accounting import reconcile
+from loadkit.accounting import EmulatorCounters, reconcile, sent_attempts
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.locust_plugin import webui
@@ -78,9 +79,6 @@ def _target(environment: Any) -> str:
         STATE.emulator.start()
         log.info("loadkit: started the embedded emulator at %s", STATE.emulator.base_url)
     options.loadkit_embedded_url = STATE.emulator.base_url
-    import httpx2
-
-    httpx2.post(f"{STATE.emulator.base_url}/_emulator/reset", timeout=5).raise_for_status()
     return STATE.emulator.base_url
 
 
@@ -95,6 +93,9 @@ def _test_start(environment: Any, **_: Any) -> None:
             workload = load_workload_option(options.workload)
             options.loadkit_workload_data = workload.model_dump(mode="json", by_alias=True)
             options.loadkit_target = _target(environment)
+            # When the target is a loadkit emulator, its counters are reconciled at the end.
+            counters = EmulatorCounters(options.loadkit_target)
+            STATE.emulator_counters = counters if counters.available else None
         except (WorkloadError, ConfigError, EmulatorStartError) as err:
             _fail_run(environment, str(err))
             return
@@ -136,8 +137,8 @@ def _finish(environment: Any) -> None:
     STATE.aggregate.ended_at = STATE.aggregate.ended_at or time.time()
     data = summary_data(STATE.aggregate, STATE.run_id)
     print("\n" + format_table(data), flush=True)
-    if STATE.emulator is not None:
-        data["accounting"] = _reconcile_with_emulator(STATE.emulator.base_url)
+    if STATE.emulator_counters is not None:
+        data["accounting"] = _reconcile_with_emulator(STATE.emulator_counters)
     print("", flush=True)
     path = environment.parsed_options.summary_json
     if path:
@@ -145,26 +146,22 @@ def _finish(environment: Any) -> None:
         print(f"loadkit: summary written to {path}", flush=True)
 
 
-def _reconcile_with_emulator(base_url: str) -> dict[str, Any]:
-    """Compare every attempt the harness made with what the embedded emulator counted."""
-    import httpx2
-
-    deadline = time.monotonic() + 5.0
-    stats: dict[str, Any] = {}
-    while time.monotonic() < deadline:  # cut streams reach the emulator a moment later
-        stats = httpx2.get(f"{base_url}/_emulator/stats", timeout=5).json()
-        if not stats["totals"]["in_flight"]:
-            break
-        gevent.sleep(0.05)
-    problems = reconcile(STATE.aggregate, stats)
-    received = stats["totals"]["received"]
+def _reconcile_with_emulator(counters: EmulatorCounters) -> dict[str, Any]:
+    """Compare every attempt the harness made with what the emulator counted meanwhile."""
+    theirs = counters.during_run()
+    problems = reconcile(STATE.aggregate, theirs)
+    received = sum(n for (_, _, counter), n in theirs.items() if counter == "received")
     if problems:
         print("accounting: the harness and the emulator disagree:", flush=True)
         for line in problems:
             print(f"  {line}", flush=True)
     else:
         print(f"accounting: all {received} attempts match the emulator's counters", flush=True)
-    return {"emulator_received": received, "mismatches": problems}
+    return {
+        "emulator_received": received,
+        "harness_sent": sent_attempts(STATE.aggregate),
+        "mismatches": problems,
+    }
 
 
 @events.test_stop.add_listener
@@ -189,6 +186,10 @@ def _quitting(environment: Any, **_: Any) -> None:
         return
     _finish(environment)
     STATE.stop_emulator()
+    if environment.parsed_options and environment.parsed_options.csv_prefix:
+        # Locust's CSV writer refreshes its files every interval and does not write a last
+        # time when it closes: let it run once more so the CSV holds every request.
+        gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.1)
     # Streams cut by the end of the run are reported (as cancelled) so that none vanish, but
     # they are not errors of the system under test: alone they do not fail the run.
     errors = runner.stats.errors.values() if runner is not None else []

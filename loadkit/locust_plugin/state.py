@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import loadkit
+from loadkit.accounting import EmulatorCounters
 from loadkit.aggregate import Aggregate
 from loadkit.client import RequestSpec, StreamingClient
 from loadkit.emulator.launcher import EmulatorProcess
@@ -46,6 +47,7 @@ class RunState:
     #: totals of the run (local runner and master) or since the last report (worker)
     aggregate: Aggregate = field(default_factory=Aggregate)
     emulator: EmulatorProcess | None = None
+    emulator_counters: EmulatorCounters | None = None
     finished: bool = False
     cache_ttl: str = "5m"
 

@@ -1,0 +1,172 @@
+"""Real Locust runs (standalone and master + workers) against real emulator processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+import yaml
+
+from loadkit.emulator.launcher import EmulatorProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = ROOT / "locustfiles" / "messages.py"
+QUICK = {"ttft_base_ms": 60, "decode_tokens_per_s": 300, "ttft_jitter": 0.1, "decode_jitter": 0.1}
+QUICK_EMULATOR: dict[str, Any] = {
+    "models": {m: QUICK for m in ("claude-haiku-4-5", "claude-opus-4-6")},
+    "output_tokens": {"kind": "uniform", "min": 10, "max": 60},
+}
+
+
+def locust(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
+    summary = tmp_path / "summary.json"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    environ.update(env or {})
+    result = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+         "--summary-json", str(summary), "--only-summary", *args],
+        capture_output=True, text=True, timeout=timeout, env=environ, cwd=ROOT,
+    )  # fmt: skip
+    data = json.loads(summary.read_text()) if summary.exists() else None
+    return result, data
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_standalone_run_accounts_for_every_request(tmp_path: Path) -> None:
+    config = write_yaml(tmp_path / "emulator.yaml", QUICK_EMULATOR)
+    started = time.monotonic()
+    result, data = locust(
+        tmp_path, "-u", "20", "-r", "20", "-t", "6s", "--workload", "workloads/ci.yaml",
+        "--emulator-config", str(config), "--csv", str(tmp_path / "run"),
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert data is not None
+    total = data["total"]
+    # Every request is accounted for, and the emulator agrees attempt by attempt.
+    assert data["accounting"]["mismatches"] == []
+    accounting = data["accounting"]
+    assert accounting["emulator_received"] == accounting["harness_sent"]
+    # A request interrupted before it was fully written never reached the server.
+    assert total["requests"] == total["attempts"] >= accounting["harness_sent"]
+    assert total["requests"] - accounting["harness_sent"] <= total["outcomes"].get("cancelled", 0)
+    assert total["requests"] == sum(total["outcomes"].values()) > 50
+    assert set(total["outcomes"]) <= {"ok", "cancelled"}
+    # -t is honoured (not cut short by a stale loop clock after the imports).
+    assert 5.9 <= data["duration_s"] <= 7.5 and elapsed >= 6
+    # Locust's own tables hold the same requests, and a TTFT entry per model x speed.
+    with open(tmp_path / "run_stats.csv") as handle:
+        rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(handle)}
+    llm_rows = [r for (kind, _), r in rows.items() if kind == "LLM"]
+    assert sum(int(r["Request Count"]) for r in llm_rows) == total["requests"]
+    assert ("TTFT", "claude-haiku-4-5 standard") in rows
+    assert ("TTFT", "claude-opus-4-6 fast") in rows
+    assert "loadkit summary" in result.stdout and "accounting: all" in result.stdout
+
+
+def test_distributed_run_merges_counts_and_sketches(tmp_path: Path) -> None:
+    with EmulatorProcess(config=QUICK_EMULATOR, seed=11) as emulator:
+        result, data = locust(
+            tmp_path, "-u", "24", "-r", "24", "-t", "6s", "--processes", "2",
+            "--workload", "workloads/ci.yaml", "--target-url", emulator.base_url,
+            env={"ANTHROPIC_API_KEY": "test-key"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 5
+        stats = httpx2.get(f"{emulator.base_url}/_emulator/stats").json()
+        while stats["totals"]["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+            stats = httpx2.get(f"{emulator.base_url}/_emulator/stats").json()
+        served = httpx2.get(f"{emulator.base_url}/_emulator/served").json()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert data is not None
+    totals = stats["totals"]
+    total = data["total"]
+    # Both workers' requests reached the master: the counts equal the server's.
+    assert data["accounting"]["mismatches"] == []
+    assert data["accounting"]["emulator_received"] == totals["received"]
+    assert data["accounting"]["harness_sent"] == totals["received"] > 50
+    assert total["outcomes"].get("ok", 0) <= totals["completed"]
+    assert total["requests"] == sum(total["outcomes"].values())
+    # Percentiles come from merged sketches: they match the server's ground truth.
+    for group in data["groups"]:
+        truth = [
+            s["actual_ttft_ms"]
+            for s in served
+            if s["model"] == group["model"] and s["speed"] == group["speed"] and s["actual_ttft_ms"]
+        ]
+        assert group["ttft_ms"]["p50"] == pytest.approx(statistics.median(truth), rel=0.02, abs=2)
+        decode = [
+            s["decode_tokens_per_s"]
+            for s in served
+            if s["model"] == group["model"] and s["speed"] == group["speed"]
+            and s["outcome"] == "completed"
+        ]  # fmt: skip
+        assert group["otps"]["p50"] == pytest.approx(statistics.median(decode), rel=0.05)
+
+
+@pytest.mark.parametrize("speed", ["standard", "fast"])
+def test_ttft_and_otps_accuracy_through_locust(tmp_path: Path, speed: str) -> None:
+    fixed = {"ttft_base_ms": 100, "decode_tokens_per_s": 50, "ttft_jitter": 0, "decode_jitter": 0}
+    emulator_config = {
+        "models": {"claude-opus-4-6": fixed},
+        "output_tokens": {"kind": "fixed", "value": 40},
+    }
+    workload = write_yaml(
+        tmp_path / "w.yaml",
+        {
+            "name": "accuracy",
+            "models": [{"model": "claude-opus-4-6", "speeds": {speed: 1}}],
+            "prompt_tokens": {"kind": "fixed", "value": 200},
+            "max_tokens": {"kind": "fixed", "value": 100},
+        },
+    )
+    with EmulatorProcess(config=emulator_config, seed=3) as emulator:
+        result, data = locust(
+            tmp_path, "-u", "8", "-r", "8", "-t", "6s", "--workload", str(workload),
+            "--target-url", emulator.base_url, env={"ANTHROPIC_API_KEY": "test-key"},
+        )  # fmt: skip
+        served = httpx2.get(f"{emulator.base_url}/_emulator/served").json()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert data is not None
+    (group,) = data["groups"]
+    truth = statistics.median(s["actual_ttft_ms"] for s in served if s["actual_ttft_ms"])
+    assert abs(group["ttft_ms"]["p50"] - truth) <= 2.0, (group["ttft_ms"], truth)
+    decode = 50 * (2.5 if speed == "fast" else 1)
+    assert group["otps"]["p50"] == pytest.approx(decode, rel=0.02)
+
+
+def test_bad_workload_stops_before_any_request(tmp_path: Path) -> None:
+    workload = write_yaml(
+        tmp_path / "bad.yaml", {"models": [{"model": "claude-sonnet-4-6", "speeds": {"fast": 1}}]}
+    )
+    result, data = locust(tmp_path, "-u", "2", "-t", "30s", "--workload", str(workload), timeout=60)
+    assert result.returncode == 2
+    assert "bad.yaml" in result.stderr and "does not support fast mode" in result.stderr
+    assert data is None
+
+
+def test_external_target_needs_a_key_from_the_environment(tmp_path: Path) -> None:
+    with EmulatorProcess(config=QUICK_EMULATOR) as emulator:
+        result, _ = locust(
+            tmp_path, "-u", "2", "-t", "20s", "--workload", "workloads/ci.yaml",
+            "--target-url", emulator.base_url, timeout=60,
+        )  # fmt: skip
+        received = httpx2.get(f"{emulator.base_url}/_emulator/stats").json()["totals"]["received"]
+    assert result.returncode == 2
+    assert "ANTHROPIC_API_KEY is not set" in result.stderr
+    assert received == 0
