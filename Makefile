@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests use (real servers, real browser); installed where apt is available.
-DEBIAN_PACKAGES ?=
+DEBIAN_PACKAGES ?= chromium
 
 .PHONY: install system-deps test lint demo emulator bench clean
 
@@ -35,8 +35,13 @@ lint: install
 test: install system-deps lint
 	$(BIN)/python -m pytest -q
 
+# The main job: a ~60 s headless load test of workloads/default.yaml against the embedded emulator.
 demo: install
-	$(BIN)/python -m loadkit demo
+	@mkdir -p reports
+	$(BIN)/locust -f locustfiles/messages.py --headless -u 40 -r 10 -t 60s \
+		--workload workloads/default.yaml --only-summary \
+		--html reports/demo.html --summary-json reports/demo-summary.json
+	@echo "HTML report: reports/demo.html (summary JSON: reports/demo-summary.json)"
 
 emulator: install
 	$(BIN)/loadkit emulator

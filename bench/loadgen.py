@@ -82,6 +82,24 @@ def proc_cpu_s(pid: int) -> float | None:
         return None
 
 
+def cpu_busy_s() -> dict[str, float]:
+    """Busy seconds per CPU from /proc/stat: user+nice+system+steal, and irq+softirq apart."""
+    out: dict[str, float] = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                if not line.startswith("cpu") or line.startswith("cpu "):
+                    continue
+                name, *v = line.split()
+                n = [int(x) for x in v]
+                out[name] = (n[0] + n[1] + n[2] + n[7]) / tck
+                out[name + "_irq"] = (n[5] + n[6]) / tck
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
 def proc_mem_mb(pid: int) -> dict[str, float]:
     out: dict[str, float] = {}
     try:
@@ -223,6 +241,8 @@ class Client(asyncio.Protocol):
                 elif self.t_first:
                     late = (self.t_first - self.t_sent) * 1000.0 - self.ttft_ms
                     st.lateness_ms.append(late)
+                    if self.gen.dump is not None:
+                        self.gen.dump.append((self.t_sent, late, self.now))
                     if self.gen.planned_total_ms is not None:
                         planned = self.ttft_ms + self.gen.planned_total_ms
                         st.end_lateness_ms.append((self.now - self.t_sent) * 1000.0 - planned)
@@ -273,10 +293,15 @@ class LoadGen:
         if args.expect_tps:
             self.planned_total_ms = (args.max_tokens - 1) / args.expect_tps * 1000.0
         self.connect_errors: Counter[str] = Counter()
+        self.n_connects = 0
         self.t_window: tuple[float, float] = (0.0, 0.0)
         self.ev_window: tuple[int, int] = (0, 0)
         self.cpu_window: tuple[float, float] = (0.0, 0.0)
         self.srv_cpu: tuple[float | None, float | None] = (None, None)
+        self.cpus: tuple[dict[str, float], dict[str, float]] = ({}, {})
+        # (t_sent, first-token lateness ms, t_end) per good stream, for --dump
+        self.dump: list[tuple[float, float, float]] | None = [] if args.dump else None
+        self.lag_ms: list[float] = []
 
     def release(self, c: Client) -> None:
         if self.want_idle:
@@ -284,13 +309,19 @@ class LoadGen:
 
     async def connect(self) -> Client | None:
         try:
-            _, proto = await self.loop.create_connection(
-                lambda: Client(self), self.args.host, self.args.port
+            self.n_connects += 1
+            local = None
+            if self.args.source_ips > 0:
+                # Spread client sockets over 127.0.0.2.. so no source address needs more than a
+                # few thousand ephemeral ports: connect() walks the even half of the port range
+                # first and stalls the loadgen's loop for 100s of ms past ~14k sockets per address.
+                local = (f"127.0.0.{2 + self.n_connects % self.args.source_ips}", 0)
+            _, c = await self.loop.create_connection(
+                lambda: Client(self), self.args.host, self.args.port, local_addr=local
             )
         except OSError as e:
             self.connect_errors[f"{type(e).__name__}:{e.errno}"] += 1
             return None
-        c = cast(Client, proto)
         self.conns.add(c)
         return c
 
@@ -302,6 +333,7 @@ class LoadGen:
         self.ev_window = (st.events, 0)
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self.cpu_window = (ru.ru_utime + ru.ru_stime, 0.0)
+        self.cpus = (cpu_busy_s(), {})
         if self.args.server_pid:
             self.srv_cpu = (proc_cpu_s(self.args.server_pid), None)
 
@@ -312,6 +344,7 @@ class LoadGen:
         self.ev_window = (self.ev_window[0], st.events)
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self.cpu_window = (self.cpu_window[0], ru.ru_utime + ru.ru_stime)
+        self.cpus = (self.cpus[0], cpu_busy_s())
         if self.args.server_pid:
             self.srv_cpu = (self.srv_cpu[0], proc_cpu_s(self.args.server_pid))
 
@@ -320,6 +353,21 @@ class LoadGen:
         for i in range(0, n, batch):
             got = await asyncio.gather(*(self.connect() for _ in range(min(batch, n - i))))
             self.idle.extend(c for c in got if c is not None)
+
+    async def watch_lag(self) -> None:
+        """Sample the loadgen's own event-loop lag every 5 ms (its stalls inflate lateness)."""
+        while True:
+            t = clock()
+            await asyncio.sleep(0.005)
+            lag = (clock() - t - 0.005) * 1000.0
+            if self.stats.window_open and not self.stats.window_closed:
+                self.lag_ms.append(lag)
+                if lag > 50 and os.environ.get("LOADGEN_DEBUG"):
+                    print(
+                        f"lag {lag:.0f} ms at {t - self.t_window[0]:.2f}s conns={len(self.conns)}"
+                        f" active={self.stats.active}",
+                        file=sys.stderr,
+                    )
 
     async def drain(self, timeout: float) -> None:
         end = clock() + timeout
@@ -403,13 +451,16 @@ class LoadGen:
         self.open_window()
         t0 = clock() + 0.05
 
-        async def one(k: int) -> None:
-            await asyncio.sleep(max(0.0, t0 + k / a.ramp_rate - clock()))
+        async def one() -> None:
             c = await self.connect()
             if c is not None:
                 c.send()
 
-        starters = [self.loop.create_task(one(k)) for k in range(a.connections)]
+        starters: list[asyncio.Task[None]] = []
+        while len(starters) < a.connections:
+            due = min(a.connections, int((clock() - t0) * a.ramp_rate) + 1)
+            starters.extend(self.loop.create_task(one()) for _ in range(due - len(starters)))
+            await asyncio.sleep(max(0.0, t0 + len(starters) / a.ramp_rate - clock()))
         await asyncio.gather(*starters)
         ramp_done = clock()
         stream_s = a.expect_ttft_ms / 1000.0 + (self.planned_total_ms or 0.0) / 1000.0
@@ -443,7 +494,11 @@ class LoadGen:
             "no_ttft_header": st.no_ttft_header,
             "first_token_lateness_ms": summary(st.lateness_ms),
             "end_lateness_ms": summary(st.end_lateness_ms),
+            "loadgen_loop_lag_ms": summary(self.lag_ms),
             "loadgen_cpu_frac": round((self.cpu_window[1] - self.cpu_window[0]) / win_s, 3),
+            "cpu_busy_frac": {
+                k: round((v - self.cpus[0].get(k, v)) / win_s, 3) for k, v in self.cpus[1].items()
+            },
             "wall_s": round(wall_s, 2),
         }
         if a.mode == "open":
@@ -486,11 +541,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=5.0, help="open/closed: measured seconds")
     p.add_argument("--drain", type=float, default=5.0, help="max seconds to wait for in-flight")
     p.add_argument("--expect-ttft-ms", type=float, default=200.0, help="for pool sizing")
-    p.add_argument("--expect-tps", type=float, default=0.0, help="server decode tok/s (for "
-                   "end-of-stream lateness and pool sizing; 0 = unknown)")
+    p.add_argument(
+        "--expect-tps",
+        type=float,
+        default=0.0,
+        help="server decode tok/s (for end-of-stream lateness and pool sizing; 0 = unknown)",
+    )
     p.add_argument("--cpu", type=int, default=1, help="CPU to pin to (-1: no pinning)")
     p.add_argument("--server-pid", type=int, default=0, help="sample its CPU and memory")
     p.add_argument("--hard-timeout", type=float, default=120.0)
+    p.add_argument(
+        "--source-ips",
+        type=int,
+        default=8,
+        help="bind client sockets round-robin to 127.0.0.2..(N+1); 0 = let the kernel "
+        "choose (only for a 127.x target)",
+    )
+    p.add_argument("--dump", help="write 't_sent late_ms t_end' per good stream to this file")
     return p.parse_args(argv)
 
 
@@ -498,6 +565,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     gen = LoadGen(args, loop)
     t0 = time.monotonic()
+    watcher = loop.create_task(gen.watch_lag())
     run = {"open": gen.run_open, "closed": gen.run_closed, "hold": gen.run_hold}[args.mode]
     try:
         await asyncio.wait_for(run(), timeout=args.hard_timeout)
@@ -506,8 +574,14 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         timed_out = True
         if not gen.stats.window_closed:
             gen.close_window()
+    watcher.cancel()
     out = gen.report(time.monotonic() - t0)
     out["hard_timeout_hit"] = timed_out
+    if gen.dump is not None:
+        t0w = gen.t_window[0]
+        with open(args.dump, "w") as f:
+            for ts, late, te in sorted(gen.dump):
+                f.write(f"{ts - t0w:.6f} {late:.3f} {te - t0w:.6f}\n")
     for c in list(gen.conns):
         c.abort()
     await asyncio.sleep(0.05)
@@ -516,15 +590,19 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if not args.host.startswith("127."):
+        args.source_ips = 0
     if args.cpu >= 0:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {args.cpu})
     nofile = raise_nofile()
     if args.connections + 64 > nofile and args.mode != "open":
         print(f"warning: RLIMIT_NOFILE={nofile} < connections", file=sys.stderr)
+    # A bounded run: leaking the few reference cycles is cheaper than a full collection
+    # stalling the loop for ~100 ms with 20k connections alive (seen as lateness spikes).
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    gc.disable()
     out = uvloop.run(amain(args))
     out["rlimit_nofile"] = nofile
     json.dump(out, sys.stdout, indent=1)

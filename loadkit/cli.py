@@ -19,12 +19,6 @@ def _emulator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from loadkit.demo import run_demo
-
-    return run_demo()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loadkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -34,8 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--config", help="YAML file (see docs/emulator-config.yaml)")
     emulator.add_argument("--seed", type=int, default=None, help="seed for every random draw")
     emulator.set_defaults(func=_emulator)
-    demo = commands.add_parser("demo", help="a short demonstration against the embedded emulator")
-    demo.set_defaults(func=_demo)
     return parser
 
 

@@ -96,9 +96,9 @@ COLUMNS = (
     ("p90", 7),
     ("E2E p50", 9),
     ("p99", 9),
-    ("out tok/s", 10),
-    ("cache hit", 9),
-    ("cost $", 9),
+    ("out tok/s", 11),
+    ("cache hit", 11),
+    ("cost $", 10),
 )
 
 

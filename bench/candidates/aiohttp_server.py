@@ -1,6 +1,6 @@
 """Candidate (b): aiohttp.web ``StreamResponse`` with one coroutine per stream.
 
-    python bench/candidates/aiohttp_server.py --port 8001 [--loop asyncio|uvloop]
+python bench/candidates/aiohttp_server.py --port 8001 [--loop asyncio|uvloop]
 """
 
 from __future__ import annotations

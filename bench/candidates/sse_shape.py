@@ -30,7 +30,7 @@ def event(name: str, data: dict[str, Any]) -> bytes:
 
 
 def start_group(model: str, input_tokens: int) -> bytes:
-    msg = {
+    msg: dict[str, Any] = {
         "id": f"msg_bench{next(_ids):016d}",
         "type": "message",
         "role": "assistant",

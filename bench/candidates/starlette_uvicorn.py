@@ -1,6 +1,6 @@
 """Candidate (a): Starlette ``StreamingResponse`` (async generator + asyncio.sleep) on uvicorn.
 
-    python bench/candidates/starlette_uvicorn.py --port 8001 [--loop uvloop|asyncio]
+python bench/candidates/starlette_uvicorn.py --port 8001 [--loop uvloop|asyncio]
 """
 
 from __future__ import annotations

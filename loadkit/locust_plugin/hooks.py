@@ -9,6 +9,7 @@ few seconds; the master merges them and prints the summary.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import sys
 import time
@@ -70,9 +71,10 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
 
 def _target(environment: Any) -> str:
     options = environment.parsed_options
-    if options.target_url:
+    given = options.target_url or environment.host or os.environ.get("ANTHROPIC_BASE_URL", "")
+    if given:
         options.loadkit_embedded_url = ""
-        return str(options.target_url).rstrip("/")
+        return str(given).rstrip("/")
     if STATE.emulator is None:
         config_path = resolve_path(options.emulator_config) if options.emulator_config else None
         STATE.emulator = EmulatorProcess(config_path=config_path)

@@ -8,7 +8,6 @@ from ANTHROPIC_API_KEY only.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 
@@ -21,9 +20,9 @@ def add_options(parser: Any) -> None:
     )
     parser.add_argument(
         "--target-url",
-        default=os.environ.get("ANTHROPIC_BASE_URL", ""),
-        help="Messages API base URL (default: ANTHROPIC_BASE_URL; empty: start the embedded "
-        "emulator on a free loopback port)",
+        default="",
+        help="Messages API base URL; else Locust's host (-H), else ANTHROPIC_BASE_URL; "
+        "with none of them, the embedded emulator is started on a free loopback port",
     )
     parser.add_argument(
         "--emulator-config",

@@ -1,0 +1,515 @@
+"""Benchmark one SSE server process (the loadkit emulator or a candidate stack) on one core.
+
+The server is pinned to CPU 0 and restarted for every step; ``bench/loadgen.py`` runs pinned
+to CPU 1.  Three phases, each bounded in time:
+
+1. **hold**  -- ramp concurrency (``--hold-levels``), one long, slow stream per connection
+   (``--hold-tps`` tokens/s, i.e. one delta per second per stream at 3 tokens per delta).
+   A level is held when every stream was open at the same time, all finished with 200
+   and ``message_stop``, no connection failed, and first-token lateness p99 stayed under
+   ``--max-p99-ms``.  The answer is the highest level held ("≥" when the last level held).
+2. **rate**  -- open-loop stream starts at increasing offered event rates
+   (``--stream-tokens`` tokens at ``--tps``); a step passes when the received event rate is
+   >= 95% of offered, every stream in the window succeeded, and both first-token and
+   end-of-stream (last delta) lateness p99 <= ``--max-p99-ms``.  Geometric ramp, then
+   ``--bisect`` bisection steps.
+3. **lateness** -- first-token lateness p50/p99 at 50% and 90% of the max sustained rate.
+
+Targets: ``raw-uvloop``, ``raw-asyncio``, ``starlette``, ``aiohttp``, ``aiohttp-uvloop``
+(``bench/candidates/``), ``emulator`` (``loadkit emulator`` with a generated config: fixed
+TTFT, no jitter, no rate limits, no concurrency caps), or ``--server-cmd`` (a template with
+``{port}``, ``{ttft_ms}``, ``{tps}``, ``{config}``).
+
+    python bench/emulator_bench.py raw-uvloop starlette --out /tmp/bench.json
+    python bench/emulator_bench.py emulator --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from loadgen import cpu_busy_s, events_for  # noqa: E402
+
+LOADGEN = HERE / "loadgen.py"
+CAND = HERE / "candidates"
+SERVER_CPU = 0
+LOADGEN_CPU = 1
+MODEL = "claude-opus-4-6"
+
+CANDIDATES: dict[str, list[str]] = {
+    "starlette": [str(CAND / "starlette_uvicorn.py"), "--loop", "uvloop"],
+    "starlette-asyncio": [str(CAND / "starlette_uvicorn.py"), "--loop", "asyncio"],
+    "aiohttp": [str(CAND / "aiohttp_server.py"), "--loop", "asyncio"],
+    "aiohttp-uvloop": [str(CAND / "aiohttp_server.py"), "--loop", "uvloop"],
+    "raw-asyncio": [str(CAND / "raw_protocol.py"), "--loop", "asyncio"],
+    "raw-uvloop": [str(CAND / "raw_protocol.py"), "--loop", "uvloop"],
+}
+
+
+def emulator_config(ttft_ms: float, tps: float, n_tokens: int) -> dict[str, Any]:
+    """A config for ``loadkit emulator`` whose schedule matches the candidates' fixed shape."""
+    return {
+        "models": {
+            MODEL: {
+                "ttft_base_ms": ttft_ms,
+                "prefill_tokens_per_s": 1e9,
+                "decode_tokens_per_s": tps,
+                "ttft_jitter": 0.0,
+                "decode_jitter": 0.0,
+                "max_concurrent_streams": 1_000_000,
+                "max_queue": 1_000_000,
+            }
+        },
+        "rate_limits": {
+            "opus": {
+                "requests_per_minute": None,
+                "input_tokens_per_minute": None,
+                "output_tokens_per_minute": None,
+            }
+        },
+        "output_tokens": {"kind": "fixed", "value": n_tokens},
+        "tokens_per_delta": 3,
+        "served_log_size": 0,
+    }
+
+
+def emulator_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("loadkit")
+    if exe.exists():
+        return [str(exe), "emulator"]
+    found = shutil.which("loadkit")
+    return [found, "emulator"] if found else [sys.executable, "-m", "loadkit", "emulator"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _server_preexec() -> None:
+    os.sched_setaffinity(0, {SERVER_CPU})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    os.setsid()
+
+
+@dataclass
+class Target:
+    name: str
+    server_cmd: str | None = None  # template for --server-cmd
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="emubench-")))
+
+    def command(self, port: int, ttft_ms: float, tps: float, n_tokens: int) -> list[str]:
+        cfg = self.tmp / "emulator.yaml"
+        if self.name == "emulator" or self.server_cmd:
+            cfg.write_text(yaml.safe_dump(emulator_config(ttft_ms, tps, n_tokens)))
+        if self.server_cmd:
+            return shlex.split(
+                self.server_cmd.format(port=port, ttft_ms=ttft_ms, tps=tps, config=cfg)
+            )
+        if self.name == "emulator":
+            return [
+                *emulator_cmd(),
+                "--host", "127.0.0.1", "--port", str(port), "--config", str(cfg), "--seed", "1",
+            ]  # fmt: skip
+        return [
+            sys.executable, *CANDIDATES[self.name],
+            "--port", str(port), "--ttft-ms", str(ttft_ms), "--tps", str(tps),
+        ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def server(target: Target, ttft_ms: float, tps: float, n_tokens: int) -> Iterator[tuple[int, int]]:
+    """Start the target pinned to CPU 0; yield ``(port, pid)``; stop it."""
+    port = free_port()
+    cmd = target.command(port, ttft_ms, tps, n_tokens)
+    log = (target.tmp / "server.log").open("ab")
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_server_preexec
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {shlex.join(cmd)}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"not listening after 30 s: {shlex.join(cmd)}") from None
+                time.sleep(0.1)
+        time.sleep(0.3)
+        yield port, proc.pid
+        if proc.poll() is not None:
+            raise RuntimeError(f"server died during the step (exit {proc.returncode})")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def server_stats(port: int) -> Any:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_emulator/stats", timeout=2) as r:
+            return json.load(r)
+    except (OSError, ValueError):
+        return None
+
+
+def loadgen(port: int, pid: int, hard_timeout: float, **kw: Any) -> dict[str, Any]:
+    args = [sys.executable, str(LOADGEN), "--port", str(port), "--server-pid", str(pid)]
+    args += ["--cpu", str(LOADGEN_CPU), "--hard-timeout", str(hard_timeout)]
+    for k, v in kw.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=hard_timeout + 30)
+    if res.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({res.returncode}): {res.stderr[-2000:]}")
+    out: dict[str, Any] = json.loads(res.stdout)
+    out["loadgen_args"] = shlex.join(args[1:])
+    return out
+
+
+def p99(r: dict[str, Any], key: str = "first_token_lateness_ms") -> float:
+    v = r.get(key, {}).get("p99")
+    return math.inf if v is None else float(v)
+
+
+def fmt(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None or math.isinf(v) else f"{v:.{digits}f}"
+
+
+# --------------------------------------------------------------------------------------------
+# phases
+
+
+def foreign_cpu(r: dict[str, Any]) -> float:
+    """CPU used by other processes on the two benchmark CPUs during the window (cores)."""
+    busy: dict[str, float] = r.get("cpu_busy_frac", {})
+    f0 = busy.get(f"cpu{SERVER_CPU}", 0.0) - float(r.get("server_cpu_frac") or 0.0)
+    f1 = busy.get(f"cpu{LOADGEN_CPU}", 0.0) - float(r.get("loadgen_cpu_frac", 0.0))
+    return round(max(f0, f1, 0.0), 3)
+
+
+def wait_quiet(a: argparse.Namespace) -> float:
+    """Wait (up to --quiet-wait s) until both CPUs are nearly idle; return the last busy max."""
+    deadline = time.monotonic() + a.quiet_wait
+    cpus = (f"cpu{SERVER_CPU}", f"cpu{LOADGEN_CPU}")
+    while True:
+        b0 = cpu_busy_s()
+        time.sleep(0.5)
+        b1 = cpu_busy_s()
+        busy = max((b1.get(c, 0.0) - b0.get(c, 0.0)) / 0.5 for c in cpus)
+        if busy < a.quiet_below or time.monotonic() > deadline:
+            return round(busy, 3)
+
+
+def attempt(a: argparse.Namespace, label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a step; re-run a failed step when other processes took CPU during it."""
+    r: dict[str, Any] = {}
+    for i in range(a.retries + 1):
+        busy_before = wait_quiet(a)
+        r = fn()
+        r["busy_before"] = busy_before
+        r["foreign_cpu"] = foreign_cpu(r)
+        r["attempt"] = i + 1
+        print(f"  {label}: {r['line']} foreign_cpu={r['foreign_cpu']}", flush=True)
+        if r["ok"] or r["foreign_cpu"] < a.noise_cpu:
+            break
+    return r
+
+
+def hold_step(t: Target, a: argparse.Namespace, conns: int) -> dict[str, Any]:
+    return attempt(a, f"hold {conns:>6}", lambda: _hold_once(t, a, conns))
+
+
+def _hold_once(t: Target, a: argparse.Namespace, conns: int) -> dict[str, Any]:
+    ramp_s = conns / a.ramp_rate
+    n = 1 + math.ceil((ramp_s + a.hold_s) * a.hold_tps)
+    with server(t, a.ttft_ms, a.hold_tps, n) as (port, pid):
+        r = loadgen(
+            port, pid, hard_timeout=ramp_s + a.hold_s + 30, mode="hold", connections=conns,
+            ramp_rate=a.ramp_rate, max_tokens=n, expect_tps=a.hold_tps,
+            expect_ttft_ms=a.ttft_ms, drain=5,
+        )  # fmt: skip
+        r["server_stats"] = server_stats(port)
+    why = []
+    if r["peak_active_streams"] < conns:
+        why.append(f"peak {r['peak_active_streams']}<{conns}")
+    if r["statuses"].get("200", 0) < conns:
+        why.append(f"200s {r['statuses']}")
+    if r["errors"] or r["connect_errors"]:
+        why.append(f"errors {r['errors']} {r['connect_errors']}")
+    if r["incomplete_streams"] or r["still_active_at_end"]:
+        why.append(f"incomplete {r['incomplete_streams']}+{r['still_active_at_end']}")
+    if p99(r) > a.max_p99_ms:
+        why.append(f"lateness p99 {p99(r):.1f} ms")
+    if p99(r, "end_lateness_ms") > a.max_p99_ms:
+        why.append(f"end-of-stream lateness p99 {p99(r, 'end_lateness_ms'):.1f} ms")
+    r["ok"] = r["held"] = not why
+    r["why"] = "; ".join(why)
+    mem = r.get("server_mem_mb", {}).get("VmHWM")
+    r["line"] = (
+        f"{'held' if not why else 'FAILED'} peak={r['peak_active_streams']} "
+        f"ft_p99={fmt(p99(r))}ms end_p99={fmt(p99(r, 'end_lateness_ms'))}ms "
+        f"srv_cpu={r.get('server_cpu_frac')} lg_cpu={r['loadgen_cpu_frac']} "
+        f"lg_lag_max={fmt(r['loadgen_loop_lag_ms']['max'])}ms srv_hwm={fmt(mem)}MB {r['why']}"
+    )
+    return r
+
+
+def rate_step(
+    t: Target, a: argparse.Namespace, events_s: float, measure_s: float
+) -> dict[str, Any]:
+    r = attempt(a, f"rate {events_s:>9.0f} ev/s", lambda: _rate_once(t, a, events_s, measure_s))
+    r["target_events_per_s"] = events_s
+    return r
+
+
+def _rate_once(
+    t: Target, a: argparse.Namespace, events_s: float, measure_s: float
+) -> dict[str, Any]:
+    eps = events_for(a.stream_tokens)
+    rate = events_s / eps
+    with server(t, a.ttft_ms, a.tps, a.stream_tokens) as (port, pid):
+        r = loadgen(
+            port, pid, hard_timeout=a.warmup + measure_s + 40, mode="open", rate=f"{rate:.3f}",
+            max_tokens=a.stream_tokens, expect_tps=a.tps, expect_ttft_ms=a.ttft_ms,
+            warmup=a.warmup, duration=measure_s, drain=4,
+        )  # fmt: skip
+        r["server_stats"] = server_stats(port)
+    why = []
+    ratio = r["events_per_s"] / r["offered_events_per_s"]
+    if ratio < 0.95:
+        why.append(f"received {ratio:.0%} of offered")
+    bad = r["streams_in_window_completed"] - r["streams_good_in_window"]
+    if bad or r["errors"] or r["connect_errors"] or r["still_active_at_end"]:
+        why.append(f"{bad} bad streams {r['errors']} {r['connect_errors']}")
+    if p99(r) > a.max_p99_ms:
+        why.append(f"lateness p99 {p99(r):.1f} ms")
+    if p99(r, "end_lateness_ms") > a.max_p99_ms:
+        why.append(f"end-of-stream lateness p99 {p99(r, 'end_lateness_ms'):.1f} ms")
+    lag = p99(r, "send_lag_ms")
+    if lag > 10:
+        why.append(f"loadgen behind schedule (send lag p99 {lag:.1f} ms)")
+    r["ok"] = r["passed"] = not why
+    r["why"] = "; ".join(why)
+    lat = r["first_token_lateness_ms"]
+    r["line"] = (
+        f"{'ok' if not why else 'FAIL'} "
+        f"got={r['events_per_s']:.0f} ft_p50={fmt(lat['p50'], 2)} ft_p99={fmt(lat['p99'], 2)}ms "
+        f"end_p99={fmt(p99(r, 'end_lateness_ms'), 2)}ms conns={r.get('connections')} "
+        f"srv_cpu={r.get('server_cpu_frac')} lg_cpu={r['loadgen_cpu_frac']} {r['why']}"
+    )
+    return r
+
+
+def bench_target(t: Target, a: argparse.Namespace) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "target": t.name,
+        "command": shlex.join(t.command(0, a.ttft_ms, a.tps, 1)),
+    }
+    print(f"== {t.name}: {res['command']}", flush=True)
+    t0 = time.monotonic()
+
+    # 1. concurrency held
+    holds: list[dict[str, Any]] = []
+    max_held = 0
+    if "hold" in a.phases:
+        for level in a.hold_levels:
+            r = hold_step(t, a, level)
+            holds.append(r)
+            if not r["held"]:
+                break
+            max_held = level
+    res["hold"] = holds
+    res["max_held"] = max_held
+    res["hold_capped"] = bool(holds) and holds[-1]["held"]
+
+    # 2. max sustained event rate
+    steps: list[dict[str, Any]] = []
+    best, first_fail = 0.0, 0.0
+    ev = a.rate_start
+    while "rate" in a.phases and ev <= a.rate_cap and time.monotonic() - t0 < a.budget_s:
+        r = rate_step(t, a, ev, a.duration)
+        steps.append(r)
+        if not r["passed"]:
+            first_fail = ev
+            break
+        best = ev
+        ev *= a.rate_factor
+    for _ in range(a.bisect if first_fail else 0):
+        if time.monotonic() - t0 > a.budget_s:
+            break
+        mid = (best + first_fail) / 2 if best else first_fail / 2
+        r = rate_step(t, a, mid, a.duration)
+        steps.append(r)
+        if r["passed"]:
+            best = mid
+        else:
+            first_fail = mid
+    res["rate_steps"] = steps
+    res["max_events_per_s"] = best
+    res["rate_capped"] = not first_fail
+    # the received rate at the best passing step
+    best_steps = [s for s in steps if s["passed"] and s["target_events_per_s"] == best]
+    res["max_events_per_s_received"] = best_steps[0]["events_per_s"] if best_steps else None
+
+    # 3. lateness at 50% / 90%
+    res["lateness"] = {}
+    if best:
+        for frac in (0.5, 0.9):
+            r = rate_step(t, a, best * frac, a.lateness_duration)
+            res["lateness"][str(frac)] = r
+    res["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return res
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = (
+        "| target | max concurrent streams held | max events/s | "
+        "first-token lateness p50 / p99 @50% (ms) | @90% (ms) | "
+        "server CPU @max | loadgen CPU @max |"
+    )
+    lines = [head, "|" + "---|" * 7]
+    for r in results:
+        held = f"{'≥ ' if r.get('hold_capped') else ''}{r.get('max_held', 0):,}"
+        if not r.get("hold"):
+            held = "-"
+        ev = f"{'≥ ' if r.get('rate_capped') else ''}{r.get('max_events_per_s', 0):,.0f}"
+        cells = []
+        for frac in ("0.5", "0.9"):
+            x = r.get("lateness", {}).get(frac)
+            if x:
+                lat = x["first_token_lateness_ms"]
+                cells.append(f"{fmt(lat['p50'], 2)} / {fmt(lat['p99'], 2)}")
+            else:
+                cells.append("-")
+        best = [s for s in r.get("rate_steps", []) if s.get("passed")]
+        top = max(best, key=lambda s: s["target_events_per_s"]) if best else {}
+        lines.append(
+            f"| {r['target']} | {held} | {ev} | {cells[0]} | {cells[1]} | "
+            f"{fmt(top.get('server_cpu_frac'), 2)} | {fmt(top.get('loadgen_cpu_frac'), 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "targets",
+        nargs="*",
+        default=["emulator"],
+        help=f"emulator, {', '.join(CANDIDATES)}, or a name with --server-cmd",
+    )
+    p.add_argument("--server-cmd", help="template: {port} {ttft_ms} {tps} {config}")
+    p.add_argument("--ttft-ms", type=float, default=200.0)
+    p.add_argument("--tps", type=float, default=150.0, help="decode tok/s in the rate phase")
+    p.add_argument(
+        "--stream-tokens",
+        type=int,
+        default=151,
+        help="tokens per stream in the rate phase (151 -> 57 events, 1.2 s)",
+    )
+    p.add_argument("--hold-tps", type=float, default=3.0, help="decode tok/s in the hold phase")
+    p.add_argument(
+        "--hold-levels",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1000, 2500, 5000, 10000, 15000, 19500],
+        help="concurrency levels (RLIMIT_NOFILE is 20000 here, per process)",
+    )
+    p.add_argument("--hold-s", type=float, default=4.0, help="seconds all streams are open")
+    p.add_argument("--ramp-rate", type=float, default=4000.0, help="new connections/s in hold")
+    p.add_argument("--rate-start", type=float, default=5000.0, help="first offered events/s")
+    p.add_argument("--rate-factor", type=float, default=1.5)
+    p.add_argument("--rate-cap", type=float, default=400_000.0)
+    p.add_argument("--bisect", type=int, default=2)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per rate step")
+    p.add_argument("--lateness-duration", type=float, default=8.0)
+    p.add_argument(
+        "--max-p99-ms",
+        type=float,
+        default=50.0,
+        help="first-token lateness p99 above this fails a step",
+    )
+    p.add_argument("--budget-s", type=float, default=300.0, help="stop ramping after this")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="re-run a failed step this often when other processes took CPU in it",
+    )
+    p.add_argument(
+        "--noise-cpu",
+        type=float,
+        default=0.1,
+        help="CPU (cores) used by others on CPU 0 or 1 that makes a failure suspect",
+    )
+    p.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.1,
+        help="before a step, wait until both CPUs are busier than this no more",
+    )
+    p.add_argument("--quiet-wait", type=float, default=20.0, help="...for at most this long")
+    p.add_argument("--phases", default="hold,rate",
+                   help="comma list of hold, rate (rate includes the 50%%/90%% lateness runs)")
+    p.add_argument("--quick", action="store_true", help="short windows, fewer levels")
+    p.add_argument("--out", help="write all results as JSON here")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.hold_levels = [2000, 10000]
+        a.hold_s, a.duration, a.lateness_duration, a.bisect = 2.0, 3.0, 4.0, 1
+        a.rate_factor = 2.0
+    return a
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    results = []
+    for name in a.targets:
+        if name not in CANDIDATES and name != "emulator" and not a.server_cmd:
+            raise SystemExit(f"unknown target {name!r}")
+        results.append(bench_target(Target(name, a.server_cmd), a))
+        if a.out:
+            Path(a.out).write_text(json.dumps(results, indent=1, default=str))
+    print()
+    print(
+        f"stream shape: TTFT {a.ttft_ms:g} ms, rate phase {a.stream_tokens} tokens at "
+        f"{a.tps:g} tok/s; hold phase {a.hold_tps:g} tok/s; fail at p99 > {a.max_p99_ms:g} ms"
+    )
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The web UI in a real headless Chromium: the start form's custom parameters and the LLM tab."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SECRET = "sk-ant-do-not-render-0123456789"
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture()
+def web_locust(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port = free_port()
+    log = tmp_path / "locust.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    env["ANTHROPIC_API_KEY"] = SECRET
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "locust", "-f", "locustfiles/messages.py",
+             "--web-host", "127.0.0.1", "--web-port", str(port), "--processes", "2"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx2.get(url, timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                time.sleep(0.2)
+        try:
+            yield url, log
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def test_llm_tab_with_workload_chosen_in_the_form(
+    web_locust: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, log = web_locust
+    assert Path(CHROMIUM).exists(), "Debian's chromium is needed (make test installs it)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.goto(url)
+        assert SECRET not in page.content()
+        page.fill("input[name=userCount]", "6")
+        page.fill("input[name=spawnRate]", "6")
+        page.get_by_text("Custom parameters").click()
+        assert page.input_value("input[name=workload]") == "workloads/default.yaml"
+        page.fill("input[name=workload]", "workloads/ci.yaml")
+        page.get_by_role("button", name="Start").click()
+        page.get_by_role("tab", name="LLM").click()
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('table tr')].some("
+            "r => r.innerText.includes('claude-opus-4-6 fast'))",
+            timeout=30_000,
+        )
+        page.wait_for_timeout(2500)
+        headers = page.locator("table th").all_inner_texts()
+        assert "TTFT p50 ms" in headers and "OTPS p50" in headers and "Est. cost $" in headers
+        rows = {
+            cells[0]: cells
+            for cells in (
+                row.locator("td").all_inner_texts() for row in page.locator("table tbody tr").all()
+            )
+        }
+        page.screenshot(path=str(tmp_path / "llm-tab.png"), full_page=True)
+        assert SECRET not in page.content()
+        page.get_by_role("button", name="Stop").click()
+        browser.close()
+    # The workload chosen in the form reached both workers: only ci.yaml's models ran.
+    assert "claude-haiku-4-5 standard" in rows and "claude-opus-4-6 fast" in rows
+    assert not any("sonnet" in name for name in rows)
+    haiku = rows["claude-haiku-4-5 standard"]
+    assert int(haiku[1]) > 0 and float(haiku[4].replace(",", "")) > 100  # requests, TTFT p50
+    deadline = time.monotonic() + 15
+    while "loadkit summary" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = log.read_text()
+    assert "loadkit summary" in text and "accounting: all" in text
+    assert SECRET not in text
