@@ -15,7 +15,19 @@ from typing import Any
 from loadkit.record import Outcome, ResultRecord
 from loadkit.sketch import Sketch
 
-SKETCHES = ("ttft_ms", "otps", "e2e_ms", "itl_ms", "queue_ms", "schedule_ttft_ms")
+SKETCHES = (
+    "ttft_ms",
+    "otps",
+    "e2e_ms",
+    "itl_ms",
+    "queue_ms",
+    "schedule_ttft_ms",
+    # split by how a successful request was served: at the speed asked for, or fallen back
+    "ttft_ms_as_asked",
+    "e2e_ms_as_asked",
+    "ttft_ms_fell_back",
+    "e2e_ms_fell_back",
+)
 TOTALS = (
     "requests",
     "input_tokens",
@@ -24,6 +36,8 @@ TOTALS = (
     "cache_creation_input_tokens",
     "attempts",
     "fallbacks",
+    "cache_tokens_lost",
+    "wait_ms",
 )
 
 
@@ -54,12 +68,15 @@ class Group:
     errors: Counter[str] = field(default_factory=Counter)  # "outcome: error_type"
     # every HTTP attempt by "speed/outcome", for reconciling with the server's own counters
     attempt_outcomes: Counter[str] = field(default_factory=Counter)
+    violations: Counter[str] = field(default_factory=Counter)  # fallback policy breaches
     cost_usd: float = 0.0
     sketches: dict[str, Sketch] = field(default_factory=lambda: {k: Sketch() for k in SKETCHES})
     headroom: dict[str, tuple[str, float]] = field(default_factory=dict)  # header -> (value, at)
 
-    def add(self, record: ResultRecord, now: float) -> None:
+    def add(self, record: ResultRecord, now: float, violations: list[str] | None = None) -> None:
         totals = self.totals
+        if violations:
+            self.violations.update(violations)
         totals["requests"] += 1
         totals["input_tokens"] += record.input_tokens
         totals["output_tokens"] += record.output_tokens
@@ -68,12 +85,14 @@ class Group:
         attempts = record.attempts
         totals["attempts"] += len(attempts)
         if attempts:
+            totals["wait_ms"] += round(sum(a.waited_s for a in attempts) * 1000)
             tally = self.attempt_outcomes
             for attempt in attempts[:-1]:
                 tally[f"{attempt.speed}/{attempt_outcome(attempt.status)}"] += 1
             last = attempts[-1]
             tally[f"{last.speed}/{record.outcome.value if last.sent else UNSENT}"] += 1
         totals["fallbacks"] += record.fell_back
+        totals["cache_tokens_lost"] += record.cache_tokens_lost
         self.cost_usd += record.cost_usd
         self.outcomes[record.outcome.value] += 1
         if record.outcome is not Outcome.OK:
@@ -92,6 +111,10 @@ class Group:
             e2e = record.e2e_ms
             if e2e is not None:
                 sketches["e2e_ms"].add(e2e)
+                how = "fell_back" if record.fell_back else "as_asked"
+                sketches[f"e2e_ms_{how}"].add(e2e)
+                if ttft is not None:
+                    sketches[f"ttft_ms_{how}"].add(ttft)
         itl = sketches["itl_ms"]
         for gap in record.itl_ns:
             itl.add(gap / 1e6)
@@ -106,6 +129,7 @@ class Group:
         self.outcomes.update(other.outcomes)
         self.errors.update(other.errors)
         self.attempt_outcomes.update(other.attempt_outcomes)
+        self.violations.update(other.violations)
         self.cost_usd += other.cost_usd
         for name, sketch in other.sketches.items():
             self.sketches[name].merge(sketch)
@@ -119,6 +143,7 @@ class Group:
             "outcomes": dict(self.outcomes),
             "errors": dict(self.errors),
             "attempt_outcomes": dict(self.attempt_outcomes),
+            "violations": dict(self.violations),
             "cost_usd": self.cost_usd,
             "sketches": {name: s.to_wire() for name, s in self.sketches.items()},
             "headroom": {name: list(v) for name, v in self.headroom.items()},
@@ -131,6 +156,7 @@ class Group:
             outcomes=Counter(data["outcomes"]),
             errors=Counter(data["errors"]),
             attempt_outcomes=Counter(data["attempt_outcomes"]),
+            violations=Counter(data["violations"]),
             cost_usd=data["cost_usd"],
         )
         for name, wire in data["sketches"].items():
@@ -154,8 +180,8 @@ class Aggregate:
             found = self.groups[key] = Group()
         return found
 
-    def add(self, record: ResultRecord) -> None:
-        self.group(record.model, record.speed).add(record, time.time())
+    def add(self, record: ResultRecord, violations: list[str] | None = None) -> None:
+        self.group(record.model, record.speed).add(record, time.time(), violations)
 
     def take_wire(self) -> list[dict[str, Any]]:
         """What was gathered since the last call, as plain data; then start afresh."""

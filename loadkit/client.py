@@ -24,8 +24,9 @@ from loadkit.record import Attempt, Outcome, ResultRecord
 DELTA = b"event: content_block_delta"
 EVENT = b"event: "
 _now = time.perf_counter_ns
-_current: contextvars.ContextVar[ResultRecord | None] = contextvars.ContextVar(
-    "loadkit_record", default=None
+# The request being sent by this greenlet/thread, and the speed of its current call.
+_current: contextvars.ContextVar[tuple[ResultRecord, str] | None] = contextvars.ContextVar(
+    "loadkit_exchange", default=None
 )
 RATE_LIMIT_PREFIXES = ("anthropic-ratelimit-", "anthropic-fast-")
 STATUS_ERROR_TYPES = {
@@ -102,6 +103,7 @@ class StreamingClient:
         self.sdk = anthropic.Anthropic(
             api_key=api_key, base_url=base_url, max_retries=max_retries, http_client=self.http
         )
+        self._per_retries: dict[int, anthropic.Anthropic] = {}
 
     def close(self) -> None:
         self.sdk.close()
@@ -115,16 +117,17 @@ class StreamingClient:
     # attempts, seen through httpx's hooks ---------------------------------------------------
     @staticmethod
     def _on_request(request: httpx2.Request) -> None:
-        record = _current.get()
-        if record is None:
+        exchange = _current.get()
+        if exchange is None:
             return
+        record, speed = exchange
         now = _now()
         attempts = record.attempts
         waited = 0.0
         if attempts:
             previous = attempts[-1]
             waited = (now - (previous.t_headers or previous.t_send)) / 1e9
-        attempt = Attempt(record.speed, now, waited_s=waited)
+        attempt = Attempt(speed, now, waited_s=waited)
         attempts.append(attempt)
         first = len(attempts) == 1
         if first:
@@ -143,9 +146,10 @@ class StreamingClient:
 
     @staticmethod
     def _on_response(response: httpx2.Response) -> None:
-        record = _current.get()
-        if record is None or not record.attempts:
+        exchange = _current.get()
+        if exchange is None or not exchange[0].attempts:
             return
+        record = exchange[0]
         attempt = record.attempts[-1]
         attempt.t_headers = _now()
         attempt.status = status = response.status_code
@@ -164,18 +168,40 @@ class StreamingClient:
                     attempt.retry_after_s = None
 
     # one request ----------------------------------------------------------------------------
-    def send(self, spec: RequestSpec) -> ResultRecord:
-        record = ResultRecord(
-            model=spec.model,
-            speed=spec.speed,
-            scenario=spec.scenario,
-            prompt_tokens_target=spec.prompt_tokens_target,
-            max_tokens=spec.max_tokens,
-            t_intended=spec.t_intended,
-        )
-        token = _current.set(record)
+    def _sdk_with_retries(self, max_retries: int | None) -> anthropic.Anthropic:
+        if max_retries is None:
+            return self.sdk
+        found = self._per_retries.get(max_retries)
+        if found is None:
+            found = self._per_retries[max_retries] = self.sdk.with_options(max_retries=max_retries)
+        return found
+
+    def send(
+        self,
+        spec: RequestSpec,
+        record: ResultRecord | None = None,
+        max_retries: int | None = None,
+    ) -> ResultRecord:
+        """Send ``spec`` through the SDK and read its stream into a result record.
+
+        With ``record``, this call continues an earlier one (a fallback or a re-issue): its
+        attempts are added to the same record, whose times still start at the first send.
+        ``max_retries`` overrides the SDK's retries for this call only.
+        """
+        if record is None:
+            record = ResultRecord(
+                model=spec.model,
+                speed=spec.speed,
+                scenario=spec.scenario,
+                prompt_tokens_target=spec.prompt_tokens_target,
+                max_tokens=spec.max_tokens,
+                t_intended=spec.t_intended,
+            )
+        else:
+            record.restart()
+        token = _current.set((record, spec.speed))
         try:
-            self._exchange(spec, record)
+            self._exchange(spec, record, self._sdk_with_retries(max_retries))
         except anthropic.APIStatusError as err:
             self._status_failure(record, err)
         except (anthropic.APITimeoutError, httpx2.TimeoutException) as err:
@@ -193,7 +219,7 @@ class StreamingClient:
             self._finish(record, spec)
         return record
 
-    def _exchange(self, spec: RequestSpec, record: ResultRecord) -> None:
+    def _exchange(self, spec: RequestSpec, record: ResultRecord, sdk: anthropic.Anthropic) -> None:
         kwargs: dict[str, Any] = {
             "model": spec.model,
             "max_tokens": spec.max_tokens,
@@ -209,9 +235,9 @@ class StreamingClient:
         if spec.speed == "fast":
             kwargs["betas"] = [FAST_MODE_BETA]
             kwargs["speed"] = "fast"
-            api: Any = self.sdk.beta.messages
+            api: Any = sdk.beta.messages
         else:
-            api = self.sdk.messages
+            api = sdk.messages
         with api.with_streaming_response.create(**kwargs) as response:
             http_response: httpx2.Response = response.http_response
             record.status = http_response.status_code

@@ -65,7 +65,29 @@ class ResultRecord:
     rate_limits: dict[str, str] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
     fell_back: bool = False
+    cache_tokens_lost: int = 0  # cache reads the original speed would have had (fallbacks)
     cost_usd: float = 0.0
+
+    def restart(self) -> None:
+        """Forget the previous call's answer before the next call of the same request."""
+        self.t_headers = self.t_message_start = self.t_first_token = self.t_last_token = 0
+        self.t_end = self.deltas = self.status = 0
+        self.itl_ns = []
+        self.request_id = self.error_type = self.error_message = None
+        self.stop_reason = self.served_speed = None
+        self.outcome = Outcome.OK
+        self.input_tokens = self.output_tokens = 0
+        self.cache_read_input_tokens = self.cache_creation_input_tokens = 0
+
+    @property
+    def fallback_delay_ms(self) -> float | None:
+        """How much later than the first send the first attempt at another speed went out."""
+        if not self.fell_back:
+            return None
+        for attempt in self.attempts:
+            if attempt.speed != self.speed:
+                return (attempt.t_send - self.t_send) / 1e6
+        return None
 
     @property
     def ok(self) -> bool:

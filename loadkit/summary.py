@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from loadkit.aggregate import Aggregate, Group
+from loadkit.fallback import FallbackSettings
+from loadkit.fallback_checks import amplification_bound
 
 
 def _q(group: Group, sketch: str, q: float) -> float | None:
@@ -18,6 +20,7 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
     totals = group.totals
     requests = totals["requests"]
     ok = group.outcomes.get("ok", 0)
+    finished = requests - group.outcomes.get("cancelled", 0)  # cut by the end of the run
     prompt_tokens = (
         totals["input_tokens"]
         + totals["cache_read_input_tokens"]
@@ -61,21 +64,57 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
         else None,
         "cost_usd": round(group.cost_usd, 6),
         "rate_limit_headroom": headroom,
+        "fallback": {
+            "fell_back": totals["fallbacks"],
+            "fallback_rate": round(totals["fallbacks"] / requests, 4) if requests else None,
+            "success_rate": round(ok / finished, 4) if finished else None,
+            "attempts_per_request": round(totals["attempts"] / requests, 4) if requests else None,
+            "ttft_ms_as_asked": {
+                "p50": _q(group, "ttft_ms_as_asked", 0.5),
+                "p99": _q(group, "ttft_ms_as_asked", 0.99),
+            },
+            "ttft_ms_fell_back": {
+                "p50": _q(group, "ttft_ms_fell_back", 0.5),
+                "p99": _q(group, "ttft_ms_fell_back", 0.99),
+            },
+            "e2e_ms_as_asked": {
+                "p50": _q(group, "e2e_ms_as_asked", 0.5),
+                "p99": _q(group, "e2e_ms_as_asked", 0.99),
+            },
+            "e2e_ms_fell_back": {
+                "p50": _q(group, "e2e_ms_fell_back", 0.5),
+                "p99": _q(group, "e2e_ms_fell_back", 0.99),
+            },
+            "wait_s": round(totals["wait_ms"] / 1000, 3),
+            "cache_tokens_lost": totals["cache_tokens_lost"],
+            "violations": dict(group.violations),
+        },
+        "attempt_outcomes": dict(group.attempt_outcomes),
     }
 
 
-def summary_data(aggregate: Aggregate, run_id: str) -> dict[str, Any]:
+def summary_data(
+    aggregate: Aggregate, run_id: str, fallback: FallbackSettings | None = None
+) -> dict[str, Any]:
     elapsed = aggregate.elapsed_s
     groups = [
         {"model": model, "speed": speed, **group_figures(group, elapsed)}
         for (model, speed), group in sorted(aggregate.groups.items())
     ]
-    return {
+    data: dict[str, Any] = {
         "run_id": run_id,
         "duration_s": round(elapsed, 3),
         "groups": groups,
         "total": group_figures(aggregate.total(), elapsed),
     }
+    if fallback is not None:
+        total = data["total"]
+        data["policy"] = {
+            **fallback.model_dump(),
+            "amplification": total["fallback"]["attempts_per_request"],
+            "amplification_bound": amplification_bound(fallback),
+        }
+    return data
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
@@ -145,7 +184,36 @@ def format_table(data: dict[str, Any]) -> str:
     failures = data["total"]["failures_by_type"]
     if failures:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in sorted(failures.items())))
+    if "policy" in data and data["policy"]["policy"] != "none":
+        lines.extend(format_fallback(data))
     return "\n".join(lines)
+
+
+def format_fallback(data: dict[str, Any]) -> list[str]:
+    policy = data["policy"]
+    lines = [
+        f"fallback policy {policy['policy']}: {policy['amplification']} attempts per request "
+        f"(bound {policy['amplification_bound']})",
+        "model             speed     success  fell back  TTFT p50/p99 as asked  "
+        "fell back   E2E p50/p99 as asked   fell back   waits s  cache lost",
+    ]
+
+    def pair(figures: dict[str, Any]) -> str:
+        return f"{_fmt(figures['p50'])}/{_fmt(figures['p99'])}"
+
+    for group in [*data["groups"], {"model": "all", "speed": "", **data["total"]}]:
+        fb = group["fallback"]
+        lines.append(
+            f"{group['model']:<18}{group['speed']:<8}"
+            f"{(fb['success_rate'] or 0):>9.1%}{(fb['fallback_rate'] or 0):>11.1%}"
+            f"{pair(fb['ttft_ms_as_asked']):>23}{pair(fb['ttft_ms_fell_back']):>12}"
+            f"{pair(fb['e2e_ms_as_asked']):>23}{pair(fb['e2e_ms_fell_back']):>12}"
+            f"{fb['wait_s']:>10.1f}{fb['cache_tokens_lost']:>12,}"
+        )
+    violations = data["total"]["fallback"]["violations"]
+    if violations:
+        lines.append("policy violations: " + ", ".join(f"{k} x{v}" for k, v in violations.items()))
+    return lines
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from loadkit.catalog import MODELS
 from loadkit.distributions import Distribution, Fixed
+from loadkit.fallback import FallbackSettings
 
 Speed = Literal["standard", "fast"]
 
@@ -69,6 +70,7 @@ class Workload(_Strict):
     temperature: float | None = Field(default=None, ge=0, le=1)
     system_prefix: SystemPrefix | None = None
     stop_sequences: list[str] = Field(default_factory=list)
+    fallback: FallbackSettings = Field(default_factory=FallbackSettings)
 
     @model_validator(mode="after")
     def _check(self) -> Workload:

@@ -13,6 +13,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -26,12 +27,23 @@ from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.locust_plugin import webui
 from loadkit.locust_plugin.options import add_options
 from loadkit.locust_plugin.reporting import CANCELLED_MESSAGE
-from loadkit.locust_plugin.state import STATE, load_workload_option, resolve_path
+from loadkit.locust_plugin.state import (
+    STATE,
+    fallback_settings,
+    load_workload_option,
+    resolve_path,
+)
 from loadkit.summary import format_table, summary_data, write_json
 from loadkit.workload import WorkloadError
 
 log = logging.getLogger("loadkit")
+# httpx logs every request at INFO, which Locust's logging shows: far too much in a load test.
+for _chatty in ("httpx2", "httpcore2", "httpx", "httpcore"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 WIRE_KEY = "loadkit"
+EXIT_BREACH = 3  # a scenario's end-of-run check failed
+#: Scenario checks run at the end on the master: (environment, summary data) -> breaches.
+END_CHECKS: list[Callable[[Any, dict[str, Any]], list[str]]] = []
 # Workers report every 3 s; a web-UI stop waits this long for their last report.
 LAST_REPORT_WAIT_S = 3.5
 
@@ -94,6 +106,7 @@ def _test_start(environment: Any, **_: Any) -> None:
         try:
             workload = load_workload_option(options.workload)
             options.loadkit_workload_data = workload.model_dump(mode="json", by_alias=True)
+            STATE.fallback_settings = fallback_settings(workload, options)
             options.loadkit_target = _target(environment)
             # When the target is a loadkit emulator, its counters are reconciled at the end.
             counters = EmulatorCounters(options.loadkit_target)
@@ -137,10 +150,17 @@ def _finish(environment: Any) -> None:
         return
     STATE.finished = True
     STATE.aggregate.ended_at = STATE.aggregate.ended_at or time.time()
-    data = summary_data(STATE.aggregate, STATE.run_id)
+    data = summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)
     print("\n" + format_table(data), flush=True)
     if STATE.emulator_counters is not None:
         data["accounting"] = _reconcile_with_emulator(STATE.emulator_counters)
+    if END_CHECKS:
+        breaches = [line for check in END_CHECKS for line in check(environment, data)]
+        data["breaches"] = breaches
+        for line in breaches:
+            print(f"BREACH: {line}", flush=True)
+        # A scenario with checks is judged by them: expected failures (429s) do not fail it.
+        environment.process_exit_code = EXIT_BREACH if breaches else 0
     print("", flush=True)
     path = environment.parsed_options.summary_json
     if path:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from loadkit.fallback import POLICIES
+
 
 def add_options(parser: Any) -> None:
     # Runs on every page load of the web UI: no side effects here.
@@ -35,10 +37,12 @@ def add_options(parser: Any) -> None:
         help="Write the end-of-run summary as JSON to this path",
     )
     parser.add_argument(
-        "--max-retries",
-        type=int,
-        default=0,
-        help="The SDK's retries per request (0: every error is reported as it happens)",
+        "--fallback",
+        default="",
+        choices=["", *POLICIES],
+        help="Fast-mode 429 policy, overriding the workload's fallback.policy: none (a 429 "
+        "fails), retry (the SDK waits retry-after), standard (re-issue at standard speed), "
+        "retry-then-standard",
     )
     parser.add_argument(
         "--request-timeout",

@@ -6,6 +6,7 @@ from typing import Any
 
 from locust.event import EventHook
 
+from loadkit.fallback_checks import record_violations
 from loadkit.locust_plugin.state import STATE
 from loadkit.record import Outcome, ResultRecord
 
@@ -47,5 +48,7 @@ def report(environment: Any, record: ResultRecord) -> None:
             exception=None,
             context={},
         )
-    STATE.aggregate.add(record)
+    policy = STATE.policy
+    violations = record_violations(record, policy.settings) if policy is not None else None
+    STATE.aggregate.add(record, violations)
     result_event.fire(record=record, environment=environment)

@@ -15,6 +15,7 @@ from loadkit.accounting import EmulatorCounters
 from loadkit.aggregate import Aggregate
 from loadkit.client import RequestSpec, StreamingClient
 from loadkit.emulator.launcher import EmulatorProcess
+from loadkit.fallback import FallbackPolicy, FallbackSettings
 from loadkit.prompts import PromptFactory
 from loadkit.workload import Sampler, Workload, WorkloadError, load_workload, parse_workload
 
@@ -35,6 +36,14 @@ def load_workload_option(path: str) -> Workload:
     return load_workload(resolve_path(path))
 
 
+def fallback_settings(workload: Workload, options: Any) -> FallbackSettings:
+    """The workload's fallback settings, with the policy from ``--fallback`` if given."""
+    chosen = getattr(options, "fallback", "")
+    if chosen:
+        return workload.fallback.model_copy(update={"policy": chosen})
+    return workload.fallback
+
+
 @dataclass
 class RunState:
     """What one process knows of the current run."""
@@ -42,6 +51,8 @@ class RunState:
     run_id: str = ""
     workload: Workload | None = None
     client: StreamingClient | None = None
+    policy: FallbackPolicy | None = None
+    fallback_settings: FallbackSettings | None = None
     sampler: Sampler | None = None
     prompts: PromptFactory | None = None
     #: totals of the run (local runner and master) or since the last report (worker)
@@ -65,12 +76,10 @@ class RunState:
         seed = options.workload_seed or secrets.randbits(32)
         self.workload = workload
         self.client = StreamingClient(
-            target,
-            api_key,
-            pool_size=None,
-            max_retries=options.max_retries,
-            timeout_s=options.request_timeout,
+            target, api_key, pool_size=None, timeout_s=options.request_timeout
         )
+        self.fallback_settings = fallback_settings(workload, options)
+        self.policy = FallbackPolicy(self.client, self.fallback_settings)
         self.sampler = Sampler(workload, random.Random(seed))
         prefix = workload.system_prefix
         self.cache_ttl = prefix.ttl if prefix else "5m"
@@ -106,6 +115,7 @@ class RunState:
         if self.client is not None:
             self.client.close()
             self.client = None
+            self.policy = None
 
     def stop_emulator(self) -> None:
         if self.emulator is not None:

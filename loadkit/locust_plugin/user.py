@@ -18,13 +18,13 @@ class LLMUser(User):
 
     @task
     def stream_one(self) -> None:
-        client = STATE.client
-        if client is None:  # the run could not be prepared; the error was logged
+        policy = STATE.policy
+        if policy is None:  # the run could not be prepared; the error was logged
             gevent.sleep(1.0)
             return
         spec = STATE.next_spec()
         try:
-            record = client.send(spec)
+            record = policy.send(spec)
         except RequestCancelled as cancelled:
             report(self.environment, cancelled.record)
             raise cancelled.__cause__ or cancelled from None

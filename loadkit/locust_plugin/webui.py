@@ -37,7 +37,7 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 
 def rows() -> list[dict[str, Any]]:
-    data = summary_data(STATE.aggregate, STATE.run_id)
+    data = summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)
     out = []
     for group in [*data["groups"], {"model": "all", "speed": "", **data["total"]}]:
         hit = group["cache_hit_ratio"]
@@ -99,5 +99,6 @@ def install(web_ui: Any) -> None:
     @web_ui.auth_required_if_enabled
     def llm_summary() -> Any:
         return Response(
-            json.dumps(summary_data(STATE.aggregate, STATE.run_id)), mimetype="application/json"
+            json.dumps(summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)),
+            mimetype="application/json",
         )
