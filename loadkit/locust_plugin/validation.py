@@ -4,7 +4,8 @@
 relaxes the emulator's fast-mode limit at ``--recover-at`` seconds, and the checks run on the
 master at the end; any breach makes the run exit with code 3:
 
-1. every request is accounted for: the harness's attempts equal the emulator's counters;
+1. every request is accounted for: the harness's attempts equal the emulator's counters
+   (when the target is an emulator; against the real API this check is skipped, with a note);
 2. fast-mode 429s were actually provoked (else the run proves nothing);
 3. no request broke its policy (see ``loadkit.fallback_checks``);
 4. retry amplification (attempts per request) stays under the policy's bound;
@@ -102,7 +103,7 @@ def check(environment: Any, data: dict[str, Any]) -> list[str]:
     total = data["total"]
     accounting = data.get("accounting")
     if accounting is None:
-        breaches.append("the target is not a loadkit emulator: the accounting cannot be checked")
+        print("note: the target is not a loadkit emulator: accounting not checked", flush=True)
     elif accounting["mismatches"]:
         breaches.extend(f"accounting: {line}" for line in accounting["mismatches"])
     fast_429s = total["attempt_outcomes"].get("fast/rate_limited", 0)
