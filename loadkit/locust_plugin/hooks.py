@@ -24,7 +24,7 @@ from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 from loadkit.accounting import EmulatorCounters, reconcile, sent_attempts
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
-from loadkit.locust_plugin import webui
+from loadkit.locust_plugin import influx, webui
 from loadkit.locust_plugin.options import add_options
 from loadkit.locust_plugin.reporting import CANCELLED_MESSAGE
 from loadkit.locust_plugin.state import (
@@ -51,6 +51,7 @@ LAST_REPORT_WAIT_S = 3.5
 @events.init_command_line_parser.add_listener
 def _options(parser: Any, **_: Any) -> None:
     add_options(parser)
+    influx.add_options(parser)
 
 
 def _fail_run(environment: Any, message: str) -> None:
@@ -154,6 +155,14 @@ def _finish(environment: Any) -> None:
     print("\n" + format_table(data), flush=True)
     if STATE.emulator_counters is not None:
         data["accounting"] = _reconcile_with_emulator(STATE.emulator_counters)
+    sink = influx.summary()
+    if sink is not None:
+        data["influxdb"] = sink
+        print(
+            f"influxdb: {sink['written']} points written, {sink['dropped']} dropped, "
+            f"{sink['failed_writes']} failed writes retried",
+            flush=True,
+        )
     if END_CHECKS:
         breaches = [line for check in END_CHECKS for line in check(environment, data)]
         data["breaches"] = breaches
@@ -218,3 +227,6 @@ def _quitting(environment: Any, **_: Any) -> None:
     real = [e for e in errors if CANCELLED_MESSAGE not in str(e.error)]
     if environment.process_exit_code is None and errors and not real and not runner.exceptions:
         environment.process_exit_code = 0
+
+
+influx.install()
