@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests use (real servers, real browser); installed where apt is available.
-DEBIAN_PACKAGES ?= chromium
+DEBIAN_PACKAGES ?= chromium victoria-metrics influxdb
 
 .PHONY: install system-deps test lint demo emulator bench clean
 

@@ -41,6 +41,9 @@ log = logging.getLogger("loadkit")
 for _chatty in ("httpx2", "httpcore2", "httpx", "httpcore"):
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 WIRE_KEY = "loadkit"
+FINAL_KEY = "loadkit_final"
+STOP_MESSAGE = "loadkit_stop_and_report"
+FINAL_REPORT_TIMEOUT_S = 20.0
 EXIT_BREACH = 3  # a scenario's end-of-run check failed
 #: Scenario checks run at the end on the master: (environment, summary data) -> breaches.
 END_CHECKS: list[Callable[[Any, dict[str, Any]], list[str]]] = []
@@ -72,7 +75,10 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
     gevent.get_hub().loop.update_now()
     if web_ui is not None:
         webui.install(web_ui)
-    if isinstance(runner, WorkerRunner) or environment.parsed_options is None:
+    if isinstance(runner, WorkerRunner):
+        runner.register_message(STOP_MESSAGE, _stop_and_report)
+        return
+    if environment.parsed_options is None:
         return
     try:  # fail fast, before anything starts, on a bad workload or emulator config
         load_workload_option(environment.parsed_options.workload)
@@ -101,7 +107,7 @@ def _target(environment: Any) -> str:
 def _test_start(environment: Any, **_: Any) -> None:
     options = environment.parsed_options
     runner = environment.runner
-    STATE.finished = False
+    STATE.finished = STATE.stopped = False
     STATE.aggregate.reset()
     if not isinstance(runner, WorkerRunner):
         try:
@@ -138,11 +144,43 @@ def _test_start(environment: Any, **_: Any) -> None:
 @events.report_to_master.add_listener
 def _report(client_id: str, data: dict[str, Any], **_: Any) -> None:
     data[WIRE_KEY] = STATE.aggregate.take_wire()
+    data[FINAL_KEY] = STATE.stopped
 
 
 @events.worker_report.add_listener
 def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
     STATE.aggregate.merge_wire(data.get(WIRE_KEY) or [])
+    if data.get(FINAL_KEY):
+        STATE.final_reports.add(client_id)
+
+
+# Locust's master, when a headless run ends, gives its workers 0.5 s to send their last
+# report before it stops listening, and a worker needs longer than that to cut its streams
+# when it runs many users: its last seconds (and its cancelled requests) would be lost. So
+# the master first asks every worker to stop and report, and waits for those reports.
+def _stop_and_report(environment: Any, msg: Any, **_: Any) -> None:
+    runner = environment.runner
+    runner.stop()  # cuts the streams (reported as cancelled); test_stop closes the sinks
+    STATE.stopped = True
+    runner._send_stats()  # the report Locust sends on quit, sent now (a private method)
+
+
+def _collect_final_reports(environment: Any) -> None:
+    runner = environment.runner
+    expected = {client.id for client in runner.clients.all}
+    STATE.final_reports.clear()
+    for client_id in expected:
+        runner.send_message(STOP_MESSAGE, None, client_id)
+    deadline = time.monotonic() + FINAL_REPORT_TIMEOUT_S
+    while not expected <= STATE.final_reports and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    missing = expected - STATE.final_reports
+    if missing:
+        log.warning(
+            "loadkit: no final report from %s within %.0f s: its last requests are missing",
+            ", ".join(sorted(missing)),
+            FINAL_REPORT_TIMEOUT_S,
+        )
 
 
 def _finish(environment: Any) -> None:
@@ -202,7 +240,9 @@ def _test_stop(environment: Any, **_: Any) -> None:
         return
     STATE.aggregate.ended_at = time.time()
     if environment.parsed_options.headless:
-        return  # the summary comes at quitting, after the workers' final reports
+        if isinstance(runner, MasterRunner):
+            _collect_final_reports(environment)
+        return  # the summary comes at quitting
     if isinstance(runner, LocalRunner):
         _finish(environment)
     else:

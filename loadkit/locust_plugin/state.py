@@ -60,6 +60,8 @@ class RunState:
     emulator: EmulatorProcess | None = None
     emulator_counters: EmulatorCounters | None = None
     finished: bool = False
+    stopped: bool = False  # worker: its users were stopped (its next report is its last)
+    final_reports: set[str] = field(default_factory=set)  # master: workers that sent theirs
     cache_ttl: str = "5m"
 
     def prepare(self, options: Any, workload_data: dict[str, Any], target: str) -> None:

@@ -1,0 +1,290 @@
+"""The InfluxDB sink with real servers: VictoriaMetrics (/api/v2/write) and InfluxDB 1.x."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .servers import InfluxDB1, VictoriaMetrics
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = {"ttft_base_ms": 60, "decode_tokens_per_s": 300, "ttft_jitter": 0.1, "decode_jitter": 0.1}
+EMULATOR = {
+    "models": {m: QUICK for m in ("claude-haiku-4-5", "claude-opus-4-6")},
+    "output_tokens": {"kind": "uniform", "min": 10, "max": 60},
+    "rate_limits": {"haiku": {"requests_per_minute": 600}},
+}
+TOKEN = "influx-token-must-not-leak-42"
+
+
+@pytest.fixture()
+def victoria(tmp_path: Path) -> Iterator[VictoriaMetrics]:
+    server = VictoriaMetrics(tmp_path / "vm")
+    server.start()
+    yield server
+    server.stop()
+
+
+def locust_command(
+    tmp_path: Path, url: str, *args: str, emulator: dict[str, Any] = EMULATOR
+) -> tuple[list[str], dict[str, str]]:
+    config = tmp_path / "emulator.yaml"
+    config.write_text(yaml.safe_dump(emulator))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "INFLUXDB_"))}
+    env.update({"INFLUXDB_V2_URL": url, "INFLUXDB_V2_TOKEN": TOKEN, "INFLUXDB_V2_ORG": "loadkit"})
+    command = [
+        sys.executable, "-m", "locust", "-f", "locustfiles/messages.py", "--headless",
+        "--only-summary", "--workload", "workloads/ci.yaml", "--emulator-config", str(config),
+        "--summary-json", str(tmp_path / "summary.json"), *args,
+    ]  # fmt: skip
+    return command, env
+
+
+def run_locust(tmp_path: Path, url: str, *args: str) -> tuple[str, dict[str, Any]]:
+    command, env = locust_command(tmp_path, url, *args)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    return output, json.loads((tmp_path / "summary.json").read_text())
+
+
+def exported(
+    victoria: VictoriaMetrics, field: str, run_id: str
+) -> list[tuple[dict[str, str], float]]:
+    points = []
+    for series in victoria.export(f"llm_request_{field}", run_id=run_id):
+        points.extend((series["metric"], value) for value in series["values"])
+    return points
+
+
+def check_points_equal_records(victoria: VictoriaMetrics, data: dict[str, Any]) -> None:
+    run_id, total = data["run_id"], data["total"]
+    # VictoriaMetrics makes freshly written rows searchable a moment later.
+    deadline = time.monotonic() + 15
+    attempts = exported(victoria, "attempts", run_id)
+    while len(attempts) < total["requests"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        attempts = exported(victoria, "attempts", run_id)
+    assert len(attempts) == total["requests"] > 20
+    assert Counter(m["outcome"] for m, _ in attempts) == Counter(total["outcomes"])
+    assert sum(v for _, v in attempts) == total["attempts"]
+    output = exported(victoria, "output_tokens", run_id)
+    assert sum(v for _, v in output) == total["output_tokens"]
+    inputs = exported(victoria, "input_tokens", run_id)
+    assert sum(v for _, v in inputs) == total["input_tokens"]
+    cost = sum(v for _, v in exported(victoria, "cost_usd", run_id))
+    assert cost == pytest.approx(total["cost_usd"], rel=1e-6)
+    by_group = Counter((m["model"], m["speed"]) for m, _ in attempts)
+    assert by_group == Counter({(g["model"], g["speed"]): g["requests"] for g in data["groups"]})
+    ttfts = sorted(v for _, v in exported(victoria, "ttft_ms", run_id))
+    assert ttfts and ttfts[len(ttfts) // 2] == pytest.approx(total["ttft_ms"]["p50"], rel=0.05)
+    assert data["influxdb"]["dropped"] == 0
+
+
+def test_standalone_run_writes_one_point_per_request(
+    victoria: VictoriaMetrics, tmp_path: Path
+) -> None:
+    output, data = run_locust(tmp_path, victoria.url, "-u", "20", "-r", "20", "-t", "5s")
+    check_points_equal_records(victoria, data)
+    assert "InfluxDB sink on" in output and TOKEN not in output
+    deadline = time.monotonic() + 10
+    events: set[str] = set()
+    while events < {"start", "users", "stop"} and time.monotonic() < deadline:
+        time.sleep(0.2)  # the last points become searchable a moment later
+        events = {
+            s["metric"]["event"] for s in victoria.export("llm_run_users", run_id=data["run_id"])
+        }
+    assert events >= {"start", "users", "stop"}
+    headroom = victoria.export(
+        "llm_ratelimit_standard_requests_remaining", run_id=data["run_id"], model="claude-haiku-4-5"
+    )
+    assert headroom and all(v <= 600 for s in headroom for v in s["values"])
+
+
+def test_distributed_run_writes_from_every_worker(
+    victoria: VictoriaMetrics, tmp_path: Path
+) -> None:
+    _, data = run_locust(
+        tmp_path, victoria.url, "-u", "24", "-r", "24", "-t", "5s", "--processes", "2"
+    )
+    check_points_equal_records(victoria, data)
+    workers = {m["worker"] for m, _ in exported(victoria, "attempts", data["run_id"])}
+    assert len(workers) == 2
+
+
+def test_sink_off_says_so_once(tmp_path: Path) -> None:
+    output, data = run_locust(tmp_path, "", "-u", "2", "-r", "2", "-t", "2s")
+    assert output.count("InfluxDB sink off") == 1 and "influxdb" not in data
+
+
+def test_outage_of_fifteen_seconds_loses_nothing(victoria: VictoriaMetrics, tmp_path: Path) -> None:
+    unlimited = {**EMULATOR, "rate_limits": {}}
+    command, env = locust_command(
+        tmp_path, victoria.url, "-u", "10", "-r", "10", "-t", "26s", emulator=unlimited
+    )
+    with open(tmp_path / "locust.log", "w") as log:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log)
+        time.sleep(5)
+        victoria.stop()
+        time.sleep(15)
+        victoria.start()
+        assert process.wait(timeout=120) == 0
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data["influxdb"]["failed_writes"] > 0  # the outage was felt...
+    check_points_equal_records(victoria, data)  # ...and nothing was lost
+    assert TOKEN not in (tmp_path / "locust.log").read_text()
+
+
+DASHBOARD = ROOT / "dashboards" / "grafana" / "dashboards" / "loadkit.json"
+
+
+def grafana_to_influxql(query: str, run_id: str) -> str:
+    return (
+        query.replace("$timeFilter", "time > now() - 1h")
+        .replace("$__interval", "1s")
+        .replace("$run_id", re.escape(run_id))
+        .replace("$model", ".*")
+        .replace("$speed", ".*")
+    )
+
+
+def series_values(result: dict[str, Any]) -> list[dict[str, Any]]:
+    (statement,) = result["results"]
+    assert "error" not in statement, statement
+    return statement.get("series", [])
+
+
+def test_every_dashboard_query_runs_on_influxdb_1(
+    victoria: VictoriaMetrics, tmp_path: Path
+) -> None:
+    line_file = tmp_path / "points.lp"
+    # A tight fast-mode limit and the standard fallback, so that 429s and fallbacks show too.
+    tight = {
+        **EMULATOR,
+        "fast_mode": {"input_tokens_per_minute": 600},
+        "rate_limits": {"haiku": {"requests_per_minute": 60}},
+    }
+    command, env = locust_command(
+        tmp_path, victoria.url, "-u", "12", "-r", "12", "-t", "6s", "--fallback", "standard",
+        "--influxdb-line-file", str(line_file), emulator=tight,
+    )  # fmt: skip
+    subprocess.run(command, capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    data = json.loads((tmp_path / "summary.json").read_text())
+    run_id, total = data["run_id"], data["total"]
+    influx = InfluxDB1(tmp_path)
+    influx.start()
+    try:
+        influx.write_lines(line_file.read_text())
+        dashboard = json.loads(DASHBOARD.read_text())
+        results: dict[str, list[dict[str, Any]]] = {}
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                query = grafana_to_influxql(target["query"], run_id)
+                results[f"{panel['title']}/{target['refId']}"] = series_values(influx.query(query))
+        for variable in dashboard["templating"]["list"]:
+            values = series_values(influx.query(variable["query"]))
+            assert values, variable["name"]
+        annotation = dashboard["annotations"]["list"][0]["query"]
+        assert series_values(influx.query(grafana_to_influxql(annotation, run_id)))
+    finally:
+        influx.stop()
+
+    def column(key: str, name: str, model: str | None = None) -> list[float]:
+        out = []
+        for series in results[key]:
+            if model is not None and series["tags"]["model"] != model:
+                continue
+            index = series["columns"].index(name)
+            out.extend(row[index] for row in series["values"] if row[index] is not None)
+        return out
+
+    assert all(results.values()), [k for k, v in results.items() if not v]
+    groups = {
+        (s["tags"]["model"], s["tags"]["speed"])
+        for s in results["TTFT p50 / p95 / p99 by model x speed/A"]
+    }
+    assert groups == {(g["model"], g["speed"]) for g in data["groups"] if g["ttft_ms"]["p50"]}
+    p50s = column("TTFT p50 / p95 / p99 by model x speed/A", "p50")
+    assert min(p50s) > 50 and max(p50s) < 5000
+    requests = sum(column("Requests / s by outcome/A", "requests_per_s")) * 10
+    assert requests == pytest.approx(total["requests"])
+    output = sum(column("Output tokens / s/A", "output_tokens_per_s")) * 10
+    assert output == pytest.approx(total["output_tokens"])
+    errors = sum(column("Errors by type/A", "errors"))
+    assert errors == total["requests"] - total["ok"]
+    assert max(column("Users/A", "users")) == 12
+    assert column("Cumulative estimated cost (USD)/A", "cost_usd")[-1] == pytest.approx(
+        total["cost_usd"], rel=1e-6
+    )
+    headroom = column("Rate-limit headroom (remaining)/A", "requests", "claude-haiku-4-5")
+    assert headroom and max(headroom) <= 60
+    assert sum(column("429s and fallbacks/A", "rate_limited")) == total["rate_limited"] > 0
+    assert sum(column("429s and fallbacks/B", "fell_back")) == total["fallback"]["fell_back"] > 0
+
+
+def test_compose_provisioning_and_code_agree() -> None:
+    from loadkit.locust_plugin import influx
+
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "dashboards" / "generate.py")
+    assert spec is not None and spec.loader is not None
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) >= {"influxdb", "grafana", "emulator", "master", "worker"}
+    init = services["influxdb"]["environment"]
+    env = compose["x-loadkit-env"]
+    # The variables the code reads are the ones the stack sets.
+    source = Path(influx.__file__).read_text()
+    for name in ("INFLUXDB_V2_URL", "INFLUXDB_V2_TOKEN", "INFLUXDB_V2_ORG", "INFLUXDB_V2_BUCKET"):
+        assert name in env and name in source
+    assert env["INFLUXDB_V2_ORG"] == init["DOCKER_INFLUXDB_INIT_ORG"]
+    assert env["INFLUXDB_V2_BUCKET"] == init["DOCKER_INFLUXDB_INIT_BUCKET"]
+    assert env["INFLUXDB_V2_URL"] == "http://influxdb:8086"
+    assert "8086:8086" in services["influxdb"]["ports"]
+    assert "${INFLUXDB_TOKEN" in env["INFLUXDB_V2_TOKEN"]  # from the environment, not written
+    # Grafana: the provisioned datasource is the InfluxDB service, and the dashboard uses it.
+    datasources = yaml.safe_load(
+        (ROOT / "dashboards/grafana/provisioning/datasources/loadkit.yaml").read_text()
+    )["datasources"]
+    (datasource,) = datasources
+    assert datasource["url"] == env["INFLUXDB_V2_URL"]
+    assert datasource["jsonData"]["dbName"] == env["INFLUXDB_V2_BUCKET"]
+    assert "${INFLUXDB_TOKEN}" in datasource["secureJsonData"]["httpHeaderValue1"]
+    assert "INFLUXDB_TOKEN" in services["grafana"]["environment"]
+    dashboard = json.loads(DASHBOARD.read_text())
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {datasource["uid"]}
+    providers = yaml.safe_load(
+        (ROOT / "dashboards/grafana/provisioning/dashboards/loadkit.yaml").read_text()
+    )["providers"]
+    mounts = {v.split(":")[1] for v in services["grafana"]["volumes"]}
+    assert providers[0]["options"]["path"] in mounts
+    assert "/etc/grafana/provisioning" in mounts
+    # The committed dashboard is what generate.py builds.
+    assert DASHBOARD.read_text() == generate.render()
+    # The master targets the emulator service on the port it serves.
+    master = services["master"]["command"]
+    emulator_port = services["emulator"]["command"][-1]
+    assert f"--target-url=http://emulator:{emulator_port}" in master
+    assert (ROOT / master[2]).exists()
+    assert any(
+        arg.startswith("--workload=") and (ROOT / arg.split("=")[1]).exists() for arg in master
+    )
+    assert "8089:8089" in services["master"]["ports"]
+    assert "--master-host=master" in services["worker"]["command"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "EXPOSE 8000 8089 5557" in dockerfile
