@@ -65,6 +65,7 @@ CANDIDATES: dict[str, list[str]] = {
     "aiohttp-uvloop": [str(CAND / "aiohttp_server.py"), "--loop", "uvloop"],
     "raw-asyncio": [str(CAND / "raw_protocol.py"), "--loop", "asyncio"],
     "raw-uvloop": [str(CAND / "raw_protocol.py"), "--loop", "uvloop"],
+    "raw-uvloop-gc": [str(CAND / "raw_protocol.py"), "--loop", "uvloop", "--gc", "tuned"],
 }
 
 
@@ -328,8 +329,12 @@ def _rate_once(
         f"{'ok' if not why else 'FAIL'} "
         f"got={r['events_per_s']:.0f} ft_p50={fmt(lat['p50'], 2)} ft_p99={fmt(lat['p99'], 2)}ms "
         f"end_p99={fmt(p99(r, 'end_lateness_ms'), 2)}ms conns={r.get('connections')} "
-        f"srv_cpu={r.get('server_cpu_frac')} lg_cpu={r['loadgen_cpu_frac']} {r['why']}"
+        f"srv_cpu={r.get('server_cpu_frac')} lg_cpu={r['loadgen_cpu_frac']}"
     )
+    srv = (r.get("server_stats") or {}).get("first_token_lateness_ms")
+    if isinstance(srv, dict) and srv.get("p99") is not None:
+        r["line"] += f" server-side ft_p50/p99={fmt(srv.get('p50'), 2)}/{fmt(srv['p99'], 2)}ms"
+    r["line"] += f" {r['why']}"
     return r
 
 
@@ -359,7 +364,8 @@ def bench_target(t: Target, a: argparse.Namespace) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     best, first_fail = 0.0, 0.0
     ev = a.rate_start
-    while "rate" in a.phases and ev <= a.rate_cap and time.monotonic() - t0 < a.budget_s:
+    t_rate = time.monotonic()
+    while "rate" in a.phases and ev <= a.rate_cap and time.monotonic() - t_rate < a.budget_s:
         r = rate_step(t, a, ev, a.duration)
         steps.append(r)
         if not r["passed"]:
@@ -368,7 +374,7 @@ def bench_target(t: Target, a: argparse.Namespace) -> dict[str, Any]:
         best = ev
         ev *= a.rate_factor
     for _ in range(a.bisect if first_fail else 0):
-        if time.monotonic() - t0 > a.budget_s:
+        if time.monotonic() - t_rate > a.budget_s:
             break
         mid = (best + first_fail) / 2 if best else first_fail / 2
         r = rate_step(t, a, mid, a.duration)
@@ -448,7 +454,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="concurrency levels (RLIMIT_NOFILE is 20000 here, per process)",
     )
     p.add_argument("--hold-s", type=float, default=4.0, help="seconds all streams are open")
-    p.add_argument("--ramp-rate", type=float, default=4000.0, help="new connections/s in hold")
+    p.add_argument("--ramp-rate", type=float, default=2000.0, help="new connections/s in hold")
     p.add_argument("--rate-start", type=float, default=5000.0, help="first offered events/s")
     p.add_argument("--rate-factor", type=float, default=1.5)
     p.add_argument("--rate-cap", type=float, default=400_000.0)
@@ -462,7 +468,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=50.0,
         help="first-token lateness p99 above this fails a step",
     )
-    p.add_argument("--budget-s", type=float, default=300.0, help="stop ramping after this")
+    p.add_argument("--budget-s", type=float, default=300.0, help="rate phase: stop after")
     p.add_argument(
         "--retries",
         type=int,
@@ -481,9 +487,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.1,
         help="before a step, wait until both CPUs are busier than this no more",
     )
-    p.add_argument("--quiet-wait", type=float, default=20.0, help="...for at most this long")
-    p.add_argument("--phases", default="hold,rate",
-                   help="comma list of hold, rate (rate includes the 50%%/90%% lateness runs)")
+    p.add_argument("--quiet-wait", type=float, default=60.0, help="...for at most this long")
+    p.add_argument(
+        "--phases",
+        default="hold,rate",
+        help="comma list of hold, rate (rate includes the 50%%/90%% lateness runs)",
+    )
     p.add_argument("--quick", action="store_true", help="short windows, fewer levels")
     p.add_argument("--out", help="write all results as JSON here")
     a = p.parse_args(argv)
@@ -494,8 +503,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def _on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through server() so the server is stopped
+
+
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_term)
     results = []
     for name in a.targets:
         if name not in CANDIDATES and name != "emulator" and not a.server_cmd:
