@@ -37,8 +37,15 @@ _STRING_ESCAPES = str.maketrans({'"': r"\"", "\\": "\\\\"})
 _HEADER_PREFIXES = (("anthropic-ratelimit-", "standard"), ("anthropic-fast-", "fast"))
 
 
+_escaped_tags: dict[str, str] = {}
+
+
 def _tag(value: str) -> str:
-    return value.translate(_TAG_ESCAPES) or "none"
+    """A tag value escaped for line protocol (tag values repeat: cached)."""
+    found = _escaped_tags.get(value)
+    if found is None:
+        found = _escaped_tags[value] = value.translate(_TAG_ESCAPES) or "none"
+    return found
 
 
 def _string_field(value: str) -> str:
@@ -83,34 +90,32 @@ class LineFormatter:
         self._last_headroom: dict[tuple[str, str], int] = {}
 
     def request_line(self, r: ResultRecord) -> str:
-        t = (r.t_send or r.t_end or time.perf_counter_ns()) + self.wall_offset_ns
-        tags = (
-            f"{REQUEST},{self.common},scenario={_tag(r.scenario)},model={_tag(r.model)},"
-            f"speed={_tag(r.speed)},served_speed={_tag(r.served_speed or 'none')},"
-            f"outcome={r.outcome.value},fallback={'true' if r.fell_back else 'false'}"
-        )
-        fields = [
-            f"attempts={len(r.attempts)}i",
-            f"status={r.status}i",
-            f"input_tokens={r.input_tokens}i",
-            f"output_tokens={r.output_tokens}i",
-            f"cache_read_tokens={r.cache_read_input_tokens}i",
-            f"cache_creation_tokens={r.cache_creation_input_tokens}i",
-            f"cache_tokens_lost={r.cache_tokens_lost}i",
-            f"retry_wait_ms={r.retry_wait_s * 1000:.3f}",
-            f"queue_ms={r.queue_delay_ms:.3f}",
-            f"cost_usd={r.cost_usd:.9f}",
-        ]
-        ttft, e2e, otps = r.ttft_ms, r.e2e_ms, r.otps
-        if ttft is not None:
-            fields.append(f"ttft_ms={ttft:.3f}")
-        if e2e is not None:
-            fields.append(f"e2e_ms={e2e:.3f}")
-        if otps is not None:
-            fields.append(f"otps={otps:.3f}")
+        t_send = r.t_send
+        start = t_send or r.t_end or time.perf_counter_ns()
+        first, end = r.t_first_token, r.t_end
+        optional = ""
+        if first and t_send:
+            optional += f",ttft_ms={(first - t_send) / 1e6}"
+        if end and t_send:
+            optional += f",e2e_ms={(end - t_send) / 1e6}"
+        span = r.t_last_token - first
+        if r.output_tokens > 1 and span > 0 and first:
+            optional += f",otps={(r.output_tokens - 1) * 1e9 / span}"
         if r.error_type:
-            fields.append(f"error_type={_string_field(r.error_type)}")
-        return f"{tags} {','.join(fields)} {t}"
+            optional += f",error_type={_string_field(r.error_type)}"
+        queue_ms = (t_send - r.t_intended) / 1e6 if r.t_intended and t_send else 0.0
+        wait_ms = sum(a.waited_s for a in r.attempts) * 1000 if len(r.attempts) > 1 else 0.0
+        return (
+            f"{REQUEST},{self.common},scenario={_tag(r.scenario)},model={_tag(r.model)},"
+            f"speed={r.speed},served_speed={r.served_speed or 'none'},"
+            f"outcome={r.outcome.value},fallback={'true' if r.fell_back else 'false'} "
+            f"attempts={len(r.attempts)}i,status={r.status}i,input_tokens={r.input_tokens}i,"
+            f"output_tokens={r.output_tokens}i,cache_read_tokens={r.cache_read_input_tokens}i,"
+            f"cache_creation_tokens={r.cache_creation_input_tokens}i,"
+            f"cache_tokens_lost={r.cache_tokens_lost}i,retry_wait_ms={wait_ms},"
+            f"queue_ms={max(0.0, queue_ms)},cost_usd={r.cost_usd}{optional} "
+            f"{start + self.wall_offset_ns}"
+        )
 
     def headroom_line(self, r: ResultRecord) -> str | None:
         """Rate-limit headroom from the record's headers, at most once a second per group."""
