@@ -73,10 +73,18 @@ class Group:
     sketches: dict[str, Sketch] = field(default_factory=lambda: {k: Sketch() for k in SKETCHES})
     headroom: dict[str, tuple[str, float]] = field(default_factory=dict)  # header -> (value, at)
 
-    def add(self, record: ResultRecord, now: float, violations: list[str] | None = None) -> None:
+    def add(
+        self,
+        record: ResultRecord,
+        now: float,
+        violations: list[str] | None = None,
+        good: bool = False,
+    ) -> None:
         totals = self.totals
         if violations:
             self.violations.update(violations)
+        if good:
+            totals["good"] += 1
         totals["requests"] += 1
         totals["input_tokens"] += record.input_tokens
         totals["output_tokens"] += record.output_tokens
@@ -165,11 +173,18 @@ class Group:
         return group
 
 
+Slice = tuple[str, int]  # ("step", k) for a sweep's steps, ("window", start_s) for time series
+
+
 class Aggregate:
-    """Groups keyed by (model, speed), plus the span of the run they cover."""
+    """Groups keyed by (model, speed), optional slices of them (sweep steps, time windows),
+    the open-loop scheduler's counters, and the span of the run they cover."""
 
     def __init__(self) -> None:
         self.groups: dict[tuple[str, str], Group] = {}
+        self.sliced: dict[tuple[str, int, str, str], Group] = {}
+        self.schedule: Counter[str] = Counter()  # open loop: scheduled, late, cap_waits
+        self.start_lateness = Sketch()  # open loop: actual - scheduled start, ms
         self.started_at = time.time()
         self.ended_at: float | None = None
 
@@ -180,8 +195,26 @@ class Aggregate:
             found = self.groups[key] = Group()
         return found
 
-    def add(self, record: ResultRecord, violations: list[str] | None = None) -> None:
-        self.group(record.model, record.speed).add(record, time.time(), violations)
+    def slice_group(self, dimension: str, index: int, model: str, speed: str) -> Group:
+        key = (dimension, index, model, speed)
+        found = self.sliced.get(key)
+        if found is None:
+            found = self.sliced[key] = Group()
+        return found
+
+    def add(
+        self,
+        record: ResultRecord,
+        violations: list[str] | None = None,
+        slices: list[Slice] | None = None,
+        good: bool = False,
+    ) -> None:
+        now = time.time()
+        self.group(record.model, record.speed).add(record, now, violations, good)
+        for dimension, index in slices or ():
+            self.slice_group(dimension, index, record.model, record.speed).add(
+                record, now, None, good
+            )
 
     def take_wire(self) -> list[dict[str, Any]]:
         """What was gathered since the last call, as plain data; then start afresh."""
@@ -189,24 +222,50 @@ class Aggregate:
             {"model": model, "speed": speed, **group.to_wire()}
             for (model, speed), group in self.groups.items()
         ]
-        self.groups = {}
+        wire.extend(
+            {"slice": [dimension, index], "model": model, "speed": speed, **group.to_wire()}
+            for (dimension, index, model, speed), group in self.sliced.items()
+        )
+        if self.schedule:
+            wire.append(
+                {"schedule": dict(self.schedule), "lateness": self.start_lateness.to_wire()}
+            )
+        self.groups, self.sliced = {}, {}
+        self.schedule, self.start_lateness = Counter(), Sketch()
         return wire
 
     def merge_wire(self, wire: list[dict[str, Any]]) -> None:
         for item in wire:
-            self.group(item["model"], item["speed"]).merge(Group.from_wire(item))
+            if "schedule" in item:
+                self.schedule.update(item["schedule"])
+                self.start_lateness.merge(Sketch.from_wire(item["lateness"]))
+            elif "slice" in item:
+                dimension, index = item["slice"]
+                group = self.slice_group(dimension, index, item["model"], item["speed"])
+                group.merge(Group.from_wire(item))
+            else:
+                self.group(item["model"], item["speed"]).merge(Group.from_wire(item))
+
+    def slices(self, dimension: str) -> dict[int, dict[tuple[str, str], Group]]:
+        out: dict[int, dict[tuple[str, str], Group]] = {}
+        for (dim, index, model, speed), group in self.sliced.items():
+            if dim == dimension:
+                out.setdefault(index, {})[(model, speed)] = group
+        return dict(sorted(out.items()))
 
     @property
     def elapsed_s(self) -> float:
         return max(1e-9, (self.ended_at or time.time()) - self.started_at)
 
     def total(self) -> Group:
-        combined = Group()
-        for group in self.groups.values():
-            combined.merge(group)
-        return combined
+        return combine(self.groups.values())
 
     def reset(self) -> None:
-        self.groups = {}
-        self.started_at = time.time()
-        self.ended_at = None
+        self.__init__()  # type: ignore[misc]
+
+
+def combine(groups: Any) -> Group:
+    combined = Group()
+    for group in groups:
+        combined.merge(group)
+    return combined

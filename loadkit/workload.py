@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from loadkit.catalog import MODELS
 from loadkit.distributions import Distribution, Fixed
 from loadkit.fallback import FallbackSettings
+from loadkit.slo import SLOError, parse_slo
 
 Speed = Literal["standard", "fast"]
 
@@ -71,9 +72,15 @@ class Workload(_Strict):
     system_prefix: SystemPrefix | None = None
     stop_sequences: list[str] = Field(default_factory=list)
     fallback: FallbackSettings = Field(default_factory=FallbackSettings)
+    slos: list[str] = Field(default_factory=list, description="SLO expressions (see loadkit.slo)")
 
     @model_validator(mode="after")
     def _check(self) -> Workload:
+        for i, text in enumerate(self.slos):
+            try:
+                parse_slo(text)
+            except SLOError as err:
+                raise ValueError(f"slos.{i}: {err}") from None
         if sum(m.weight for m in self.models) <= 0:
             raise ValueError("models: weights sum to zero")
         for i, mix in enumerate(self.models):

@@ -2,7 +2,7 @@
 
     locust -f locustfiles/fast_fallback.py --headless -u 200 -r 200 -t 30s \\
         --workload workloads/fast-fallback.yaml \\
-        --emulator-config workloads/fast-fallback-emulator.yaml \\
+        --emulator-config workloads/emulator/fast-fallback.yaml \\
         --fallback standard --recover-at 20
 
 See docs/fallback.md for the checks and how to run it against a real key safely.

@@ -152,7 +152,7 @@ def scenario(
     result = subprocess.run(
         [sys.executable, "-m", "locust", "-f", locustfile, "--headless", "--only-summary",
          "-u", "200", "-r", "200", "-t", "14s", "--workload", "workloads/fast-fallback.yaml",
-         "--emulator-config", "workloads/fast-fallback-emulator.yaml", "--fallback", policy,
+         "--emulator-config", "workloads/emulator/fast-fallback.yaml", "--fallback", policy,
          "--recover-at", "8", "--storm-grace", "2", "--summary-json", str(summary)],
         capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
     )  # fmt: skip

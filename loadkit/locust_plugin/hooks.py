@@ -24,7 +24,7 @@ from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 from loadkit.accounting import EmulatorCounters, reconcile, sent_attempts
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
-from loadkit.locust_plugin import influx, webui
+from loadkit.locust_plugin import capacity, influx, webui
 from loadkit.locust_plugin.options import add_options
 from loadkit.locust_plugin.reporting import CANCELLED_MESSAGE
 from loadkit.locust_plugin.state import (
@@ -55,6 +55,7 @@ LAST_REPORT_WAIT_S = 3.5
 def _options(parser: Any, **_: Any) -> None:
     add_options(parser)
     influx.add_options(parser)
+    capacity.add_options(parser)
 
 
 def _fail_run(environment: Any, message: str) -> None:
@@ -73,6 +74,7 @@ def _fail_run(environment: Any, message: str) -> None:
 def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
     # CPU-heavy imports leave gevent's cached clock behind; without this, -t ends early.
     gevent.get_hub().loop.update_now()
+    STATE.environment = environment
     if web_ui is not None:
         webui.install(web_ui)
     if isinstance(runner, WorkerRunner):
@@ -113,12 +115,15 @@ def _test_start(environment: Any, **_: Any) -> None:
         try:
             workload = load_workload_option(options.workload)
             options.loadkit_workload_data = workload.model_dump(mode="json", by_alias=True)
+            options.loadkit_workload_slos = workload.slos
             STATE.fallback_settings = fallback_settings(workload, options)
             options.loadkit_target = _target(environment)
+            # (before anything reaches the target: a remote one needs a spending cap)
+            capacity.prepare_master(environment, workload.slos, options.loadkit_target)
             # When the target is a loadkit emulator, its counters are reconciled at the end.
             counters = EmulatorCounters(options.loadkit_target)
             STATE.emulator_counters = counters if counters.available else None
-        except (WorkloadError, ConfigError, EmulatorStartError) as err:
+        except (WorkloadError, ConfigError, EmulatorStartError, ValueError) as err:
             _fail_run(environment, str(err))
             return
         options.loadkit_run_id = STATE.run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(
@@ -132,6 +137,12 @@ def _test_start(environment: Any, **_: Any) -> None:
         )
     else:
         STATE.run_id = options.loadkit_run_id
+    capacity.reset()
+    try:
+        capacity.prepare_process(environment, options.loadkit_workload_slos)
+    except ValueError as err:
+        _fail_run(environment, str(err))
+        return
     if isinstance(runner, MasterRunner):
         return
     try:
@@ -201,13 +212,19 @@ def _finish(environment: Any) -> None:
             f"{sink['failed_writes']} failed writes retried",
             flush=True,
         )
+    verdict: int | None = None
     if END_CHECKS:
         breaches = [line for check in END_CHECKS for line in check(environment, data)]
         data["breaches"] = breaches
         for line in breaches:
             print(f"BREACH: {line}", flush=True)
         # A scenario with checks is judged by them: expected failures (429s) do not fail it.
-        environment.process_exit_code = EXIT_BREACH if breaches else 0
+        verdict = EXIT_BREACH if breaches else 0
+    slo_breaches = capacity.finish(environment, STATE.aggregate, data)
+    if "slos" in data and verdict in (None, 0):
+        verdict = capacity.EXIT_SLO if slo_breaches else 0
+    if verdict is not None and environment.process_exit_code in (None, 0):
+        environment.process_exit_code = verdict
     print("", flush=True)
     path = environment.parsed_options.summary_json
     if path:
@@ -270,3 +287,4 @@ def _quitting(environment: Any, **_: Any) -> None:
 
 
 influx.install()
+capacity.install()

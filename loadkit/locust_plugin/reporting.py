@@ -7,6 +7,7 @@ from typing import Any
 from locust.event import EventHook
 
 from loadkit.fallback_checks import record_violations
+from loadkit.locust_plugin import capacity
 from loadkit.locust_plugin.state import STATE
 from loadkit.record import Outcome, ResultRecord
 
@@ -50,5 +51,5 @@ def report(environment: Any, record: ResultRecord) -> None:
         )
     policy = STATE.policy
     violations = record_violations(record, policy.settings) if policy is not None else None
-    STATE.aggregate.add(record, violations)
+    STATE.aggregate.add(record, violations, capacity.slices_for(record), capacity.is_good(record))
     result_event.fire(record=record, environment=environment)

@@ -60,6 +60,7 @@ class RunState:
     emulator: EmulatorProcess | None = None
     emulator_counters: EmulatorCounters | None = None
     finished: bool = False
+    environment: Any = None  # Locust's, set at init
     stopped: bool = False  # worker: its users were stopped (its next report is its last)
     final_reports: set[str] = field(default_factory=set)  # master: workers that sent theirs
     cache_ttl: str = "5m"
@@ -93,6 +94,11 @@ class RunState:
         )
         for mix in workload.models:
             self.prompts.calibrate(mix.model, self.client.count_tokens)
+
+    @property
+    def cached_prefix_tokens(self) -> int:
+        prefix = self.workload.system_prefix if self.workload else None
+        return prefix.tokens if prefix is not None and prefix.cache else 0
 
     def next_spec(self) -> RequestSpec:
         assert self.sampler is not None and self.prompts is not None and self.workload

@@ -1,31 +1,82 @@
-"""The Locust user: one streaming Messages request per task, drawn from the workload."""
+"""The Locust user: streaming Messages requests drawn from the workload.
+
+Closed loop (the default): one request after another. Open loop (``--arrival-rate``): each
+user starts its share of the total rate on schedule, each request in its own greenlet, up to
+its share of the in-flight cap; the request's latency counts from its scheduled start.
+"""
 
 from __future__ import annotations
 
+import random
+import time
+
 import gevent
+from gevent.pool import Pool
 from locust import User, constant, task
 
-from loadkit.client import RequestCancelled
+from loadkit.arrivals import ArrivalSchedule
+from loadkit.client import RequestCancelled, RequestSpec
+from loadkit.locust_plugin import capacity
 from loadkit.locust_plugin.reporting import report
 from loadkit.locust_plugin.state import STATE
 
 
 class LLMUser(User):
-    """Sends streaming requests back to back (closed loop); subclass it in a locustfile."""
+    """Subclass it in a locustfile."""
 
     abstract = True
     wait_time = constant(0)
 
     @task
-    def stream_one(self) -> None:
-        policy = STATE.policy
-        if policy is None:  # the run could not be prepared; the error was logged
+    def next_request(self) -> None:
+        if STATE.policy is None:  # the run could not be prepared; the error was logged
             gevent.sleep(1.0)
             return
-        spec = STATE.next_spec()
+        schedule = capacity.open_loop_schedule(random.Random())
+        if schedule is None:
+            self.send(STATE.next_spec())
+        else:
+            self.open_loop(schedule)
+
+    def send(self, spec: RequestSpec) -> None:
+        policy = STATE.policy
+        assert policy is not None
+        estimate = capacity.reserve(spec, STATE.cached_prefix_tokens)
+        if estimate is None:  # the cost guard: this request could pass the cap
+            capacity.stop_for_budget(self.environment)
+            gevent.sleep(1.0)
+            return
         try:
             record = policy.send(spec)
         except RequestCancelled as cancelled:
+            capacity.settle(estimate, cancelled.record)
             report(self.environment, cancelled.record)
             raise cancelled.__cause__ or cancelled from None
+        capacity.settle(estimate, record)
         report(self.environment, record)
+
+    def open_loop(self, schedule: ArrivalSchedule) -> None:
+        settings = capacity.SETTINGS
+        assert settings is not None
+        pool = Pool(settings.in_flight_per_user)
+        counts = STATE.aggregate
+        try:
+            while True:
+                due = schedule.next_start()
+                delay = (due - time.perf_counter_ns()) / 1e9
+                if delay > 0:
+                    gevent.sleep(delay)
+                if pool.full():
+                    counts.schedule["cap_waits"] += 1
+                    pool.wait_available()
+                late_ms = (time.perf_counter_ns() - due) / 1e6
+                counts = STATE.aggregate  # a worker's report swaps it for a new one
+                counts.schedule["scheduled"] += 1
+                if late_ms > capacity.LATE_START_MS:
+                    counts.schedule["late"] += 1
+                counts.start_lateness.add(max(late_ms, 1e-3))
+                spec = STATE.next_spec()
+                spec.t_intended = due
+                pool.spawn(self.send, spec)
+        finally:
+            pool.kill(block=True)  # their streams end as cancelled, each one reported

@@ -1,0 +1,388 @@
+"""Capacity planning and CI gates in Locust: open-loop arrivals, sweeps, SLOs, the cost guard,
+the HTML report.
+
+Every process reads the same settings from ``parsed_options`` (the master forwards its own,
+plus what it derives, with each start). Exit codes: 2 a run that cannot start (bad input),
+3 a scenario check failed, 4 an SLO was breached; with SLOs the run is judged by them alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from locust import LoadTestShape, events
+from locust.runners import MasterRunner, WorkerRunner
+
+from loadkit.aggregate import Aggregate, Slice, combine
+from loadkit.arrivals import ArrivalSchedule
+from loadkit.budget import Budget, worst_case_cost
+from loadkit.client import RequestSpec
+from loadkit.record import ResultRecord
+from loadkit.report import WINDOW_S as REPORT_WINDOW_S
+from loadkit.report import write_report
+from loadkit.slo import SLO, SLOError, judge, junit_xml, meets_request_slos, parse_slos, slo_summary
+from loadkit.sweep import SweepPlan, analyse, clearly_broken, format_sweep
+
+log = logging.getLogger("loadkit")
+EXIT_SLO = 4
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+WINDOW_S = REPORT_WINDOW_S
+LATE_START_MS = 1.0  # an open-loop start this much after its schedule counts as late
+BUDGET_KEY = "loadkit_budget_exhausted"
+
+
+def add_options(parser: Any) -> None:
+    parser.add_argument(
+        "--arrival-rate",
+        type=float,
+        default=0.0,
+        help="Open loop: requests/s started in total (split across users and workers), "
+        "whether or not earlier ones finished; 0: closed loop (each user waits for its answer)",
+    )
+    parser.add_argument(
+        "--arrival",
+        default="poisson",
+        choices=["poisson", "constant"],
+        help="Open-loop arrival process",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=2000,
+        help="Open loop: most requests in flight at once (in total); later starts wait and "
+        "are counted as late",
+    )
+    parser.add_argument(
+        "--sweep",
+        default="",
+        choices=["", "users", "rate"],
+        help="Step the user count (closed loop) or the arrival rate (open loop); needs "
+        "locustfiles/sweep.py",
+    )
+    parser.add_argument("--sweep-start", type=float, default=10.0, help="Sweep: first step's load")
+    parser.add_argument("--sweep-step", type=float, default=10.0, help="Sweep: load added per step")
+    parser.add_argument(
+        "--sweep-step-duration", type=float, default=30.0, help="Sweep: seconds per step"
+    )
+    parser.add_argument("--sweep-stop", type=float, default=100.0, help="Sweep: last step's load")
+    parser.add_argument(
+        "--slo",
+        action="append",
+        include_in_web_ui=False,
+        help="An objective, repeatable: ttft_p95_ms<=1500, otps_p50>=40, error_rate<=0.01, "
+        "model=claude-opus-4-6,speed=fast:ttft_p99_ms<=2500 (also: slos: in the workload file)",
+    )
+    parser.add_argument("--junit", default="", help="Write one JUnit test case per SLO here")
+    parser.add_argument(
+        "--max-cost-usd",
+        type=float,
+        default=0.0,
+        help="Stop the run before the estimated spend passes this (required for any target "
+        "that is not loopback)",
+    )
+    parser.add_argument(
+        "--report", default="", help="Write a self-contained HTML report (plots) to this path"
+    )
+
+
+@dataclass
+class Settings:
+    """What every process needs, derived once per run from the options."""
+
+    slos: list[SLO]
+    plan: SweepPlan | None
+    sweep_start_wall: float
+    run_start_wall: float
+    rate_per_user: float  # open loop (0: closed loop); for a rate sweep, the first step's
+    users_total: int
+    in_flight_per_user: int
+    arrival: str
+    windows: bool
+    budget: Budget | None
+
+
+SETTINGS: Settings | None = None
+WALL_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
+
+
+def _options_slos(options: Any, workload_slos: list[str]) -> list[SLO]:
+    return parse_slos([*workload_slos, *(getattr(options, "slo", None) or [])])
+
+
+def _plan(options: Any) -> SweepPlan | None:
+    if not options.sweep:
+        return None
+    return SweepPlan(
+        options.sweep,
+        options.sweep_start,
+        options.sweep_step,
+        options.sweep_step_duration,
+        options.sweep_stop,
+    )
+
+
+def prepare_master(environment: Any, workload_slos: list[str], target: str) -> None:
+    """On the master (or local runner) at each start: validate and forward the settings."""
+    options = environment.parsed_options
+    _options_slos(options, workload_slos)  # raises SLOError naming the bad expression
+    plan = _plan(options)
+    if plan is not None:
+        if plan.kind == "rate" and options.arrival_rate <= 0:
+            options.arrival_rate = plan.start
+        if plan.kind == "users" and options.arrival_rate > 0:
+            raise SLOError("--sweep users steps closed-loop users: leave out --arrival-rate")
+        if environment.shape_class is None:
+            raise SLOError("--sweep needs the sweep load shape: use -f locustfiles/sweep.py")
+    host = urlparse(target).hostname or ""
+    if host not in LOOPBACK and options.max_cost_usd <= 0:
+        raise SLOError(
+            f"the target {host} is not loopback: give --max-cost-usd to cap the estimated spend"
+        )
+    now = time.time()
+    options.loadkit_run_start = now
+    options.loadkit_sweep_start = now
+    processes = 1
+    if isinstance(environment.runner, MasterRunner):
+        processes = max(1, len(environment.runner.clients.ready) or options.expect_workers or 1)
+    options.loadkit_cost_cap_per_process = options.max_cost_usd / processes
+    options.loadkit_users_total = max(1, int(options.num_users or 1))
+
+
+def prepare_process(environment: Any, workload_slos: list[str]) -> None:
+    """On every process that runs users, at each start."""
+    global SETTINGS
+    options = environment.parsed_options
+    users = max(1, int(getattr(options, "loadkit_users_total", 1)))
+    plan = _plan(options)
+    cap = getattr(options, "loadkit_cost_cap_per_process", 0.0)
+    SETTINGS = Settings(
+        slos=_options_slos(options, workload_slos),
+        plan=plan,
+        sweep_start_wall=getattr(options, "loadkit_sweep_start", time.time()),
+        run_start_wall=getattr(options, "loadkit_run_start", time.time()),
+        rate_per_user=options.arrival_rate / users,
+        users_total=users,
+        in_flight_per_user=max(1, math.ceil(options.max_in_flight / users)),
+        arrival=options.arrival,
+        windows=bool(options.report),
+        budget=Budget(cap) if cap > 0 else None,
+    )
+
+
+def current_rate_per_user() -> float:
+    settings = SETTINGS
+    if settings is None:
+        return 0.0
+    plan = settings.plan
+    if plan is None or plan.kind != "rate":
+        return settings.rate_per_user
+    step = plan.step_at(time.time() - settings.sweep_start_wall)
+    return plan.load(step) / settings.users_total if step is not None else 0.0
+
+
+def open_loop_schedule(rng: random.Random) -> ArrivalSchedule | None:
+    settings = SETTINGS
+    if settings is None or settings.rate_per_user <= 0:
+        return None
+    return ArrivalSchedule(lambda _: current_rate_per_user(), settings.arrival, rng)  # type: ignore[arg-type]
+
+
+def slices_for(record: ResultRecord) -> list[Slice]:
+    settings = SETTINGS
+    if settings is None:
+        return []
+    started = ((record.t_intended or record.t_send or record.t_end) + WALL_OFFSET_NS) / 1e9
+    out: list[Slice] = []
+    if settings.plan is not None:
+        step = settings.plan.step_at(started - settings.sweep_start_wall)
+        if step is not None:
+            out.append(("step", step))
+    if settings.windows:
+        out.append(("window", int((started - settings.run_start_wall) // WINDOW_S) * WINDOW_S))
+    return out
+
+
+def is_good(record: ResultRecord) -> bool:
+    settings = SETTINGS
+    return bool(settings and settings.slos) and meets_request_slos(record, settings.slos)
+
+
+# The cost guard ---------------------------------------------------------------------------
+def reserve(spec: RequestSpec, cached_tokens: int) -> float | None:
+    """The estimate reserved for ``spec``, 0.0 without a cap, None if the cap forbids it."""
+    settings = SETTINGS
+    if settings is None or settings.budget is None:
+        return 0.0
+    estimate = worst_case_cost(
+        spec.model, spec.speed, spec.prompt_tokens_target, spec.max_tokens, cached_tokens,
+        spec.cache_ttl,
+    )  # fmt: skip
+    return estimate if settings.budget.reserve(estimate) else None
+
+
+def settle(estimate: float, record: ResultRecord) -> None:
+    settings = SETTINGS
+    if settings is not None and settings.budget is not None:
+        settings.budget.settle(estimate, record.cost_usd)
+
+
+def budget_exhausted() -> bool:
+    return bool(SETTINGS and SETTINGS.budget and SETTINGS.budget.exhausted)
+
+
+class _Guard:
+    stopping = False
+
+
+def stop_for_budget(environment: Any) -> None:
+    """Stop the whole run once (from a local runner; workers tell the master in reports)."""
+    import gevent
+
+    if _Guard.stopping or isinstance(environment.runner, WorkerRunner):
+        return
+    _Guard.stopping = True
+    settings = SETTINGS
+    cap = settings.budget.cap_usd if settings and settings.budget else 0
+    print(f"cost guard: the next request would pass the ${cap:.4f} cap; stopping", flush=True)
+    runner = environment.runner
+    gevent.spawn(runner.quit if environment.parsed_options.headless else runner.stop)
+
+
+def _report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    data[BUDGET_KEY] = budget_exhausted()
+
+
+def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    from loadkit.locust_plugin.state import STATE
+
+    if data.get(BUDGET_KEY) and STATE.environment is not None:
+        stop_for_budget(STATE.environment)
+
+
+# The sweep shape --------------------------------------------------------------------------
+class SweepShape(LoadTestShape):
+    """Steps users (or holds them while the rate steps) and ends the sweep early once two
+    steps in a row, or one by a wide margin, broke an SLO."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._broken_steps = 0
+        self._judged = -1
+
+    def tick(self) -> tuple[int, float] | None:
+        from loadkit.locust_plugin.state import STATE
+
+        options = self.runner.environment.parsed_options
+        plan = _plan(options)
+        if plan is None:
+            return None
+        elapsed = self.get_run_time()
+        step = plan.step_at(elapsed)
+        if step is None:
+            return None
+        # Judge the previous step once the workers' reports for it are in (3 s cadence).
+        if step - 1 > self._judged and elapsed - step * plan.step_duration_s > 3.5:
+            self._judged = step - 1
+            slos = _options_slos(options, getattr(options, "loadkit_workload_slos", []))
+            groups = STATE.aggregate.slices("step").get(step - 1)
+            if slos and groups:
+                from loadkit.sweep import step_row
+
+                row = step_row(plan, step - 1, groups, slos)
+                self._broken_steps = 0 if row["met_slos"] else self._broken_steps + 1
+                if self._broken_steps >= 2 or clearly_broken(row):
+                    log.info("loadkit sweep: SLOs clearly broken at step %d; stopping", step - 1)
+                    return None
+        users = int(plan.load(step)) if plan.kind == "users" else int(options.num_users or 1)
+        return max(1, users), max(1.0, float(users))
+
+
+# The end of a run -------------------------------------------------------------------------
+def finish(environment: Any, aggregate: Aggregate, data: dict[str, Any]) -> list[str]:
+    """Sweep table, SLO verdicts, JUnit, report; returns the breached SLO lines."""
+    options = environment.parsed_options
+    settings = SETTINGS
+    if aggregate.schedule:
+        data["open_loop"] = {
+            **dict(aggregate.schedule),
+            "start_lateness_ms_p50": aggregate.start_lateness.quantile(0.5),
+            "start_lateness_ms_p99": aggregate.start_lateness.quantile(0.99),
+        }
+        open_loop = data["open_loop"]
+        print(
+            f"open loop: {open_loop.get('scheduled', 0)} scheduled, {open_loop.get('late', 0)} "
+            f"started more than {LATE_START_MS:g} ms late ({open_loop.get('cap_waits', 0)} "
+            f"waited for the in-flight cap); start lateness p50 "
+            f"{open_loop['start_lateness_ms_p50'] or 0:.2f} ms, p99 "
+            f"{open_loop['start_lateness_ms_p99'] or 0:.2f} ms",
+            flush=True,
+        )
+    slos = settings.slos if settings else []
+    plan = _plan(options)
+    if plan is not None:
+        elapsed = (aggregate.ended_at or time.time()) - getattr(options, "loadkit_sweep_start", 0)
+        completed = min(plan.steps, int(elapsed // plan.step_duration_s + 1e-6))
+        data["sweep"] = analyse(plan, aggregate, slos, completed)
+        print(format_sweep(data["sweep"]), flush=True)
+    breaches: list[str] = []
+    if slos:
+        verdicts = judge(aggregate, slos)
+        good = aggregate.total().totals["good"]
+        data["slos"] = slo_summary(verdicts, good, aggregate.elapsed_s)
+        for verdict in verdicts:
+            print(verdict.line(), flush=True)
+        print(f"goodput: {data['slos']['goodput_per_s']} requests/s met every SLO", flush=True)
+        breaches = [v.line() for v in verdicts if not v.passed]
+        if options.junit:
+            Path(options.junit).write_text(
+                junit_xml(verdicts, data["run_id"], data["duration_s"]), encoding="utf-8"
+            )
+            print(f"loadkit: JUnit results written to {options.junit}", flush=True)
+    if (settings is not None and settings.budget is not None) or options.max_cost_usd > 0:
+        data["cost_guard"] = {
+            "cap_usd": options.max_cost_usd,
+            "spent_usd": data["total"]["cost_usd"],
+            "stopped": _Guard.stopping,
+        }
+    windows = aggregate.slices("window")
+    if windows:
+        data["over_time"] = over_time(windows)
+    if options.report:
+        write_report(aggregate, data, options.report)
+        print(f"loadkit: HTML report written to {options.report}", flush=True)
+    return breaches
+
+
+def over_time(windows: dict[int, dict[tuple[str, str], Any]]) -> list[dict[str, Any]]:
+    """Per time window (by intended start): requests, TTFT and schedule-relative TTFT."""
+    rows = []
+    for start, groups in windows.items():
+        group = combine(groups.values())
+        rows.append(
+            {
+                "t_s": start,
+                "requests": group.totals["requests"],
+                "ok": group.outcomes.get("ok", 0),
+                "output_tokens": group.totals["output_tokens"],
+                "ttft_ms_p50": group.sketches["ttft_ms"].quantile(0.5),
+                "schedule_ttft_ms_p50": group.sketches["schedule_ttft_ms"].quantile(0.5),
+                "schedule_ttft_ms_p99": group.sketches["schedule_ttft_ms"].quantile(0.99),
+            }
+        )
+    return rows
+
+
+def reset() -> None:
+    _Guard.stopping = False
+
+
+def install() -> None:
+    events.report_to_master.add_listener(_report)
+    events.worker_report.add_listener(_worker_report)
