@@ -52,6 +52,10 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
         "e2e_ms": {"p50": _q(group, "e2e_ms", 0.5), "p99": _q(group, "e2e_ms", 0.99)},
         "itl_ms": {"p50": _q(group, "itl_ms", 0.5), "p99": _q(group, "itl_ms", 0.99)},
         "queue_ms": {"p50": _q(group, "queue_ms", 0.5), "p99": _q(group, "queue_ms", 0.99)},
+        "schedule_ttft_ms": {
+            "p50": _q(group, "schedule_ttft_ms", 0.5),
+            "p99": _q(group, "schedule_ttft_ms", 0.99),
+        },
         "requests_per_s": round(requests / elapsed_s, 3),
         "input_tokens": totals["input_tokens"],
         "output_tokens": totals["output_tokens"],

@@ -66,7 +66,14 @@ def step_row(
     for slo in slos:
         value = metric_value(_scoped(groups, slo), slo.metric, duration)
         verdicts.append(
-            {"slo": slo.text, "value": value, "passed": value is not None and slo.holds(value)}
+            {
+                "slo": slo.text,
+                "metric": slo.metric,
+                "op": slo.op,
+                "threshold": slo.threshold,
+                "value": value,
+                "passed": value is not None and slo.holds(value),
+            }
         )
 
     def q(name: str, quantile: float) -> float | None:

@@ -317,9 +317,10 @@ def finish(environment: Any, aggregate: Aggregate, data: dict[str, Any]) -> list
         }
         open_loop = data["open_loop"]
         print(
-            f"open loop: {open_loop.get('scheduled', 0)} scheduled, {open_loop.get('late', 0)} "
-            f"started more than {LATE_START_MS:g} ms late ({open_loop.get('cap_waits', 0)} "
-            f"waited for the in-flight cap); start lateness p50 "
+            f"open loop: {open_loop.get('scheduled', 0)} started, {open_loop.get('late', 0)} of "
+            f"them more than {LATE_START_MS:g} ms late ({open_loop.get('cap_waits', 0)} waited "
+            f"for the in-flight cap), {open_loop.get('not_started', 0)} due but not started "
+            f"when the run ended; start lateness p50 "
             f"{open_loop['start_lateness_ms_p50'] or 0:.2f} ms, p99 "
             f"{open_loop['start_lateness_ms_p99'] or 0:.2f} ms",
             flush=True,

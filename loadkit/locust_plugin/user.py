@@ -79,4 +79,8 @@ class LLMUser(User):
                 spec.t_intended = due
                 pool.spawn(self.send, spec)
         finally:
+            # Starts whose time came while waiting for the cap, never made: counted, not lost.
+            now = time.perf_counter_ns()
+            while schedule.next_start() <= now:
+                STATE.aggregate.schedule["not_started"] += 1
             pool.kill(block=True)  # their streams end as cancelled, each one reported

@@ -1,0 +1,234 @@
+"""Capacity planning and CI gates: SLO parsing, open loop, sweeps, gates, cost guard, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from playwright.sync_api import sync_playwright
+
+from loadkit.slo import SLOError, parse_slo, parse_slos
+from loadkit.sweep import SweepPlan
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.parametrize(
+    ("text", "metric", "op", "threshold", "model", "speed"),
+    [
+        ("ttft_p95_ms<=1500", "ttft_p95_ms", "<=", 1500, None, None),
+        ("otps_p50 >= 40", "otps_p50", ">=", 40, None, None),
+        ("error_rate<=0.01", "error_rate", "<=", 0.01, None, None),
+        ("model=claude-opus-4-6,speed=fast:ttft_p99_ms<=2500", "ttft_p99_ms", "<=", 2500,
+         "claude-opus-4-6", "fast"),
+        ("schedule_ttft_p99.9_ms<3000", "schedule_ttft_p99.9_ms", "<", 3000, None, None),
+    ],
+)  # fmt: skip
+def test_slo_expressions(
+    text: str, metric: str, op: str, threshold: float, model: str | None, speed: str | None
+) -> None:
+    slo = parse_slo(text)
+    assert (slo.metric, slo.op, slo.threshold, slo.model, slo.speed) == (
+        metric, op, threshold, model, speed,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ttft_p95<=1500", "write ttft_pNN_ms"),
+        ("latency<=5", "unknown metric 'latency'"),
+        ("ttft_p95_ms=<5", "expected"),
+        ("speed=warp:ttft_p95_ms<=5", "scope"),
+        ("ttft_p100_ms<=5", "between 0 and 100"),
+        ("otps_p50_ms>=5", "write otps_pNN"),
+    ],
+)
+def test_bad_slo_expressions_are_named(text: str, message: str) -> None:
+    with pytest.raises(SLOError, match=message):
+        parse_slo(text)
+
+
+def test_several_slos_in_one_option() -> None:
+    assert len(parse_slos(["ttft_p95_ms<=1; error_rate<=0.1", "otps_p50>=3"])) == 3
+
+
+def test_sweep_plan_steps() -> None:
+    plan = SweepPlan("rate", 5, 5, 10, 30)
+    assert plan.steps == 6 and plan.load(5) == 30
+    assert plan.step_at(0) == 0 and plan.step_at(59.9) == 5 and plan.step_at(60) is None
+    with pytest.raises(ValueError, match="below start"):
+        SweepPlan("users", 10, 1, 1, 5)
+
+
+def run(
+    tmp_path: Path,
+    emulator: dict[str, Any],
+    workload: dict[str, Any],
+    *args: str,
+    locustfile: str = "locustfiles/messages.py",
+    timeout: float = 180,
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
+    (tmp_path / "emulator.yaml").write_text(yaml.safe_dump(emulator))
+    (tmp_path / "workload.yaml").write_text(yaml.safe_dump(workload))
+    summary = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", locustfile, "--headless", "--only-summary",
+         "--workload", str(tmp_path / "workload.yaml"),
+         "--emulator-config", str(tmp_path / "emulator.yaml"),
+         "--summary-json", str(summary), *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+    )  # fmt: skip
+    return result, json.loads(summary.read_text()) if summary.exists() else None
+
+
+# A haiku that serves 2 requests at once, each in ~0.2 s: about 10 requests/s at most.
+SLOW = {
+    "models": {
+        "claude-haiku-4-5": {
+            "ttft_base_ms": 100, "decode_tokens_per_s": 200, "ttft_jitter": 0, "decode_jitter": 0,
+            "max_concurrent_streams": 2, "max_queue": 100000,
+        }
+    },
+    "output_tokens": {"kind": "fixed", "value": 20},
+    "rate_limits": {"haiku": {"requests_per_minute": None, "input_tokens_per_minute": None,
+                              "output_tokens_per_minute": None}},
+}  # fmt: skip
+HAIKU = {
+    "name": "haiku",
+    "models": [{"model": "claude-haiku-4-5"}],
+    "prompt_tokens": {"kind": "fixed", "value": 100},
+    "max_tokens": {"kind": "fixed", "value": 20},
+}
+
+
+def test_open_loop_shows_lateness_a_closed_loop_hides(tmp_path: Path) -> None:
+    open_result, open_data = run(
+        tmp_path, SLOW, HAIKU, "-u", "4", "-r", "4", "-t", "10s", "--arrival-rate", "20",
+        "--max-in-flight", "40", "--report", str(tmp_path / "open.html"),
+    )  # fmt: skip
+    assert open_result.returncode == 0, open_result.stderr[-2000:]
+    assert open_data is not None
+    schedule = open_data["open_loop"]
+    # Twice the capacity offered: starts hit the in-flight cap and went out late, counted.
+    assert schedule["late"] > 20 and schedule["cap_waits"] > 0
+    # ~200 starts were due in 10 s at 20/s: those never made are counted too
+    assert schedule["scheduled"] + schedule.get("not_started", 0) == pytest.approx(200, rel=0.25)
+    assert schedule.get("not_started", 0) > 0
+    windows = [w for w in open_data["over_time"] if w["schedule_ttft_ms_p50"] is not None]
+    assert len(windows) >= 2
+    assert windows[-1]["schedule_ttft_ms_p50"] > 1.3 * windows[0]["schedule_ttft_ms_p50"]
+    assert open_data["total"]["queue_ms"]["p99"] > 500  # starts waited behind the cap
+    closed_result, closed_data = run(tmp_path, SLOW, HAIKU, "-u", "2", "-r", "2", "-t", "6s")
+    assert closed_result.returncode == 0 and closed_data is not None
+    # The same server seen by 2 closed-loop users looks healthy: nothing is ever late.
+    assert "open_loop" not in closed_data
+    closed_ttft = closed_data["total"]["schedule_ttft_ms"]
+    assert closed_ttft["p50"] < 150 < open_data["total"]["schedule_ttft_ms"]["p50"] / 10
+
+
+def test_sweep_finds_the_capacity_of_the_emulator(tmp_path: Path) -> None:
+    emulator = json.loads(json.dumps(SLOW))
+    emulator["models"]["claude-haiku-4-5"].update(
+        {"max_concurrent_streams": 4, "decode_tokens_per_s": 400}
+    )
+    emulator["output_tokens"] = {"kind": "fixed", "value": 40}
+    workload = {**HAIKU, "max_tokens": {"kind": "fixed", "value": 40}}
+    # capacity model: 4 streams / (0.1 s + 39 tokens / 400 tokens/s) = 20.3 requests/s
+    implied = 4 / (0.1 + 0.0015 + 39 / 400)
+    result, data = run(
+        tmp_path, emulator, workload, "-u", "4", "-r", "4", "--sweep", "rate",
+        "--sweep-start", "10", "--sweep-step", "2", "--sweep-stop", "30",
+        "--sweep-step-duration", "5", "--slo", "schedule_ttft_p95_ms<=800",
+        "--report", str(tmp_path / "sweep.html"), locustfile="locustfiles/sweep.py",
+    )  # fmt: skip
+    assert data is not None, result.stderr[-3000:]
+    sweep = data["sweep"]
+    assert sweep["capacity"] == pytest.approx(implied, rel=0.2), sweep["steps"]
+    assert sweep["capacity_by_group"]["claude-haiku-4-5 standard"] == sweep["capacity"]
+    # It stopped early once the SLO was clearly broken, before the last step.
+    assert len(sweep["steps"]) < 11
+    rows = {row["offered"]: row for row in sweep["steps"]}
+    assert rows[10]["met_slos"] and not rows[max(rows)]["met_slos"]
+    assert "capacity:" in result.stdout
+    html = (tmp_path / "sweep.html").read_text()
+    assert "Throughput vs latency" in html and f"capacity {sweep['capacity']}" in html
+
+
+def test_slo_gate_passes_and_breaches_with_exit_codes_and_junit(tmp_path: Path) -> None:
+    quick = {**SLOW, "models": {"claude-haiku-4-5": {"ttft_base_ms": 50, "ttft_jitter": 0}}}
+    junit = tmp_path / "slo.xml"
+    result, data = run(
+        tmp_path, quick, HAIKU, "-u", "3", "-r", "3", "-t", "3s", "--junit", str(junit),
+        "--slo", "ttft_p95_ms<=5000", "--slo", "error_rate<=0.5; otps_p50>=1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert data is not None and data["slos"]["passed"] and data["slos"]["goodput_per_s"] > 0
+    xml = junit.read_text()
+    assert xml.count("<testcase") == 3 and "<failure" not in xml
+    result, data = run(
+        tmp_path, quick, HAIKU, "-u", "3", "-r", "3", "-t", "3s", "--junit", str(junit),
+        "--slo", "ttft_p50_ms<=1", "--slo", "error_rate<=0.5",
+    )  # fmt: skip
+    assert result.returncode == 4
+    assert "FAIL ttft_p50_ms<=1: measured" in result.stdout
+    assert data is not None and not data["slos"]["passed"] and data["slos"]["good_requests"] == 0
+    xml = junit.read_text()
+    assert xml.count("<testcase") == 2 and xml.count("<failure") == 1
+    assert 'name="ttft_p50_ms&lt;=1"' in xml and "measured" in xml
+    result, _ = run(tmp_path, quick, HAIKU, "-u", "1", "-t", "30s", "--slo", "ttft_p95<=5")
+    assert result.returncode == 2 and "write ttft_pNN_ms" in result.stderr
+
+
+def test_cost_guard_stops_within_one_request_of_the_cap(tmp_path: Path) -> None:
+    priced = {**HAIKU, "prompt_tokens": {"kind": "fixed", "value": 2000}}
+    emulator = {**SLOW, "models": {"claude-haiku-4-5": {"ttft_base_ms": 50, "ttft_jitter": 0}}}
+    # one request: ~2,000 input tokens at $1/MTok + 20 output tokens at $5/MTok
+    one_request = (2000 * 1.0 + 20 * 5.0) / 1e6
+    cap = 0.03
+    started = time.monotonic()
+    result, data = run(
+        tmp_path, emulator, priced, "-u", "3", "-r", "3", "-t", "60s", "--max-cost-usd", str(cap)
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert time.monotonic() - started < 45  # stopped by the guard, not by -t
+    assert data is not None and data["cost_guard"]["stopped"]
+    spent = data["total"]["cost_usd"]
+    assert cap - 1.5 * one_request <= spent <= cap
+    assert "cost guard" in result.stdout
+
+
+def test_remote_target_needs_a_cost_cap(tmp_path: Path) -> None:
+    result, data = run(
+        tmp_path, SLOW, HAIKU, "-u", "1", "-t", "30s", "--target-url", "https://api.example.invalid"
+    )
+    assert result.returncode == 2 and "--max-cost-usd" in result.stderr and data is None
+
+
+def test_report_renders_in_a_browser(tmp_path: Path) -> None:
+    result, _ = run(
+        tmp_path, SLOW, HAIKU, "-u", "3", "-r", "3", "-t", "11s",
+        "--report", str(tmp_path / "r.html"), "--slo", "ttft_p95_ms<=5000",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto((tmp_path / "r.html").as_uri())
+        titles = page.locator("svg text[font-weight=bold]").all_text_contents()
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        lines = page.locator("svg polyline").count()
+        browser.close()
+    assert {"TTFT distribution (CDF)", "OTPS distribution (CDF)", "TTFT percentiles"} <= set(titles)
+    assert "Errors and 429s" in titles and lines >= 5
