@@ -108,6 +108,40 @@ class StreamingClient:
     def close(self) -> None:
         self.sdk.close()
 
+    def warm_up(self) -> None:
+        """Run the whole request path once per speed against a canned local answer.
+
+        The SDK builds parts of itself on first use (type transforms, response wrappers):
+        tens of milliseconds that would otherwise land on the first requests of a run, and
+        on an open-loop schedule. Nothing is sent to the target.
+        """
+        canned = (
+            b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","type":'
+            b'"message","role":"assistant","model":"x","content":[],"stop_reason":null,'
+            b'"usage":{"input_tokens":1,"output_tokens":1}}}\n\n'
+            b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+            b'"delta":{"type":"text_delta","text":"x"}}\n\n'
+            b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+        )
+        transport = httpx2.MockTransport(
+            lambda request: httpx2.Response(
+                200, headers={"content-type": "text/event-stream"}, content=canned
+            )
+        )
+        local = StreamingClient.__new__(StreamingClient)
+        local.http = httpx2.Client(
+            transport=transport,
+            event_hooks={"request": [self._on_request], "response": [self._on_response]},
+        )
+        local.sdk = anthropic.Anthropic(
+            api_key="warm-up", base_url="http://warm-up.invalid", http_client=local.http
+        )
+        local._per_retries = {}
+        messages = [{"role": "user", "content": "warm up"}]
+        for speed in ("standard", "fast"):
+            local.send(RequestSpec("claude-opus-4-6", speed, 1, messages), max_retries=0)
+        local.close()
+
     def count_tokens(self, model: str, messages: list[dict[str, Any]], system: Any) -> int:
         kwargs: dict[str, Any] = {"model": model, "messages": messages}
         if system is not None:

@@ -94,6 +94,7 @@ class RunState:
         )
         for mix in workload.models:
             self.prompts.calibrate(mix.model, self.client.count_tokens)
+        self.client.warm_up()
 
     @property
     def cached_prefix_tokens(self) -> int:
