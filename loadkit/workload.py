@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from loadkit.catalog import MODELS
 from loadkit.distributions import Distribution, Fixed
 from loadkit.fallback import FallbackSettings
 from loadkit.slo import SLOError, parse_slo
+from loadkit.yamlfiles import describe_validation_error, read_yaml
 
 Speed = Literal["standard", "fast"]
 
@@ -100,24 +100,11 @@ def parse_workload(data: Any, source: str) -> Workload:
     try:
         return Workload.model_validate(data)
     except ValidationError as err:
-        lines = [f"invalid workload {source}:"]
-        for item in err.errors():
-            where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-            lines.append(f"  {where}: {item['msg'].removeprefix('Value error, ')}")
-        raise WorkloadError("\n".join(lines)) from None
+        raise WorkloadError(describe_validation_error(err, "workload", source)) from None
 
 
 def load_workload(path: str | Path) -> Workload:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise WorkloadError(f"cannot read workload {path}: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise WorkloadError(f"workload {path} is not valid YAML: {err}") from None
-    return parse_workload(data, str(path))
+    return parse_workload(read_yaml(path, "workload", WorkloadError), str(path))
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ import httpx2
 import pytest
 
 from loadkit.emulator.launcher import EmulatorProcess
+from loadkit.emulator.stats import OUTCOMES
 
 from .conftest import Control
 
@@ -152,18 +153,7 @@ def test_served_ground_truth(emulator: EmulatorProcess, control: Control) -> Non
 
 
 def _accounted(totals: dict[str, int]) -> int:
-    outcomes = (
-        "completed",
-        "rate_limited",
-        "overloaded",
-        "api_error",
-        "midstream_error",
-        "cut",
-        "client_closed",
-        "invalid",
-        "unauthorized",
-    )
-    return sum(totals[o] for o in outcomes) + totals["in_flight"]
+    return sum(totals[o] for o in OUTCOMES) + totals["in_flight"]
 
 
 def _run_streams(emulator: EmulatorProcess, count: int, abandon_every: int) -> list[str]:

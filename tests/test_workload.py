@@ -74,7 +74,7 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
         load_workload(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("models: [\n")
-    with pytest.raises(WorkloadError, match=r"broken\.yaml is not valid YAML"):
+    with pytest.raises(WorkloadError, match=r"invalid workload .*broken\.yaml: not valid YAML"):
         load_workload(broken)
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from loadkit.distributions import Distribution, LogNormal
+from loadkit.yamlfiles import describe_validation_error, read_yaml
 
 FAST_MODE_BETA = "fast-mode-2026-02-01"
 
@@ -193,14 +193,6 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and the field."""
 
 
-def describe_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid emulator config {source}:"]
-    for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        lines.append(f"  {where}: {item['msg']}")
-    return "\n".join(lines)
-
-
 def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in patch.items():
@@ -231,19 +223,10 @@ def config_from_mapping(
     try:
         return EmulatorConfig.model_validate(_deep_merge(start, data))
     except ValidationError as err:
-        raise ConfigError(describe_validation_error(err, source)) from None
+        raise ConfigError(describe_validation_error(err, "emulator config", source)) from None
 
 
 def load_config(path: str | Path | None) -> EmulatorConfig:
     if path is None:
         return EmulatorConfig()
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read emulator config {path}: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"invalid emulator config {path}: not valid YAML: {err}") from None
-    return config_from_mapping(data, str(path))
+    return config_from_mapping(read_yaml(path, "emulator config", ConfigError), str(path))
