@@ -400,7 +400,8 @@ def bench_target(t: Target, a: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
-def table(results: list[dict[str, Any]]) -> str:
+def table(results: list[dict[str, Any]], noise_cpu: float = 0.1) -> str:
+    """Markdown table; † marks a figure taken while other processes used >= noise_cpu."""
     head = (
         "| target | max concurrent streams held | max events/s | "
         "first-token lateness p50 / p99 @50% (ms) | @90% (ms) | "
@@ -411,13 +412,16 @@ def table(results: list[dict[str, Any]]) -> str:
         held = f"{'≥ ' if r.get('hold_capped') else ''}{r.get('max_held', 0):,}"
         if not r.get("hold"):
             held = "-"
+        elif not r.get("max_held"):
+            held = f"< {r['hold'][0]['connections']:,}"
         ev = f"{'≥ ' if r.get('rate_capped') else ''}{r.get('max_events_per_s', 0):,.0f}"
         cells = []
         for frac in ("0.5", "0.9"):
             x = r.get("lateness", {}).get(frac)
             if x:
                 lat = x["first_token_lateness_ms"]
-                cells.append(f"{fmt(lat['p50'], 2)} / {fmt(lat['p99'], 2)}")
+                noisy = " †" if x.get("foreign_cpu", 0.0) >= noise_cpu else ""
+                cells.append(f"{fmt(lat['p50'], 2)} / {fmt(lat['p99'], 2)}{noisy}")
             else:
                 cells.append("-")
         best = [s for s in r.get("rate_steps", []) if s.get("passed")]
@@ -522,7 +526,8 @@ def main(argv: list[str] | None = None) -> None:
         f"stream shape: TTFT {a.ttft_ms:g} ms, rate phase {a.stream_tokens} tokens at "
         f"{a.tps:g} tok/s; hold phase {a.hold_tps:g} tok/s; fail at p99 > {a.max_p99_ms:g} ms"
     )
-    print(table(results))
+    print(table(results, a.noise_cpu))
+    print(f"† other processes used >= {a.noise_cpu:g} of a benchmark CPU during that run")
 
 
 if __name__ == "__main__":

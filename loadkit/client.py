@@ -311,6 +311,10 @@ class StreamingClient:
                     if n == chunk.count(EVENT):
                         continue
                 if StreamingClient._rare_events(chunk, record, now):
+                    # Read on to the end of the body (the chunked terminator follows at once):
+                    # a connection left mid-body is closed, not reused for the next request.
+                    for _ in chunks:
+                        pass
                     break
         finally:
             record.t_first_token, record.t_last_token, record.deltas = first, last, deltas

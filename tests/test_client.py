@@ -166,3 +166,11 @@ def test_prompts_differ_and_share_the_cached_prefix(
     ]
     assert records[0].cache_creation_input_tokens > 1900
     assert records[1].cache_read_input_tokens == records[0].cache_creation_input_tokens
+
+
+def test_connections_are_reused(client: StreamingClient, control: Control) -> None:
+    before = control.stats()["connections_opened"]
+    for speed in ("standard", "fast", "standard", "fast", "standard"):
+        assert client.send(RequestSpec("claude-opus-4-6", speed, 50, HELLO)).ok
+    # the control client's own connection may add one
+    assert control.stats()["connections_opened"] - before <= 2

@@ -802,7 +802,9 @@ class Emulator:
     def control(self, conn: Connection, request: Request, action: str) -> None:
         headers: list[tuple[str, str]] = []
         if action == "stats" and request.method == "GET":
-            self._send_json(conn, 200, self.stats.snapshot(), headers)
+            snapshot = self.stats.snapshot()
+            snapshot["connections_opened"] = Connection.opened
+            self._send_json(conn, 200, snapshot, headers)
         elif action == "served" and request.method == "GET":
             query = dict(part.split("=", 1) for part in request.query.split("&") if "=" in part)
             self._send_json(conn, 200, self.stats.served_records(query.get("request_id")), headers)

@@ -64,7 +64,10 @@ END_OF_CHUNKS = b"0\r\n\r\n"
 class Connection(asyncio.Protocol):
     """One client connection; requests are handled one at a time (no pipelining)."""
 
+    opened = 0  # connections accepted by this process (ground truth for connection reuse)
+
     def __init__(self, handler: Handler) -> None:
+        Connection.opened += 1
         self.handler = handler
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)

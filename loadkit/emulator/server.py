@@ -10,6 +10,7 @@ import sys
 from loadkit.emulator.app import Emulator
 from loadkit.emulator.config import EmulatorConfig
 from loadkit.emulator.http import Connection
+from loadkit.gctune import tune_gc
 
 
 def _install_fast_loop() -> None:
@@ -41,6 +42,7 @@ async def serve(config: EmulatorConfig, host: str, port: int, seed: int | None) 
 def run(config: EmulatorConfig, host: str, port: int, seed: int | None) -> None:
     _install_fast_loop()
     _raise_fd_limit()
+    tune_gc()
     asyncio.run(serve(config, host, port, seed))
 
 

@@ -24,6 +24,7 @@ from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 from loadkit.accounting import EmulatorCounters, reconcile, sent_attempts
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
+from loadkit.gctune import tune_gc
 from loadkit.locust_plugin import capacity, influx, webui
 from loadkit.locust_plugin.options import add_options
 from loadkit.locust_plugin.reporting import CANCELLED_MESSAGE
@@ -74,6 +75,7 @@ def _fail_run(environment: Any, message: str) -> None:
 def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
     # CPU-heavy imports leave gevent's cached clock behind; without this, -t ends early.
     gevent.get_hub().loop.update_now()
+    tune_gc()  # full collections would stall every stream of the process (and its timings)
     STATE.environment = environment
     if web_ui is not None:
         webui.install(web_ui)
