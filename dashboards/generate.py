@@ -158,10 +158,15 @@ def _panel(index: int, title: str, unit: str, queries: list[tuple[str, str]]) ->
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
         "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
         "targets": [
-            {"refId": ref, "datasource": DATASOURCE, "query": query, "rawQuery": True,
-             "resultFormat": "time_series"}
+            {
+                "refId": ref,
+                "datasource": DATASOURCE,
+                "query": query,
+                "rawQuery": True,
+                "resultFormat": "time_series",
+            }
             for ref, query in queries
-        ],  # fmt: skip
+        ],
     }
 
 
