@@ -187,6 +187,10 @@ def current_rate_per_user() -> float:
     return plan.load(step) / settings.users_total if step is not None else 0.0
 
 
+def open_loop_active() -> bool:
+    return SETTINGS is not None and SETTINGS.rate_per_user > 0
+
+
 def open_loop_schedule(rng: random.Random) -> ArrivalSchedule | None:
     settings = SETTINGS
     if settings is None or settings.rate_per_user <= 0:

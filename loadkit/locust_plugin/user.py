@@ -32,10 +32,11 @@ class LLMUser(User):
         if STATE.policy is None:  # the run could not be prepared; the error was logged
             gevent.sleep(1.0)
             return
-        schedule = capacity.open_loop_schedule(random.Random())
-        if schedule is None:
+        if not capacity.open_loop_active():
             self.send(STATE.next_spec())
-        else:
+            return
+        schedule = capacity.open_loop_schedule(random.Random())
+        if schedule is not None:
             self.open_loop(schedule)
 
     def send(self, spec: RequestSpec) -> None:
