@@ -9,6 +9,7 @@ hooks, so the SDK's own retries are recorded too.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import httpx2
 from loadkit.catalog import FAST_MODE_BETA, cost_usd
 from loadkit.record import Attempt, Outcome, ResultRecord
 
+POOL_SHARDS = 8
 DELTA = b"event: content_block_delta"
 EVENT = b"event: "
 _now = time.perf_counter_ns
@@ -94,19 +96,35 @@ class StreamingClient:
         max_retries: int = 0,
         timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
+        shards: int = POOL_SHARDS,
     ) -> None:
-        self.http = httpx2.Client(
-            limits=httpx2.Limits(max_connections=pool_size, max_keepalive_connections=pool_size),
-            timeout=httpx2.Timeout(timeout_s, connect=connect_timeout_s),
-            event_hooks={"request": [self._on_request], "response": [self._on_response]},
-        )
-        self.sdk = anthropic.Anthropic(
-            api_key=api_key, base_url=base_url, max_retries=max_retries, http_client=self.http
-        )
-        self._per_retries: dict[int, anthropic.Anthropic] = {}
+        # httpcore looks at every pooled connection on each request (an expiry check that
+        # polls the socket): with hundreds of users in one pool that is O(users) per request.
+        # Requests are spread round-robin over a few pools that share one TLS context.
+        ssl_context = httpx2.create_ssl_context()
+        self._shards = [
+            anthropic.Anthropic(
+                api_key=api_key,
+                base_url=base_url,
+                max_retries=max_retries,
+                http_client=httpx2.Client(
+                    verify=ssl_context,
+                    limits=httpx2.Limits(
+                        max_connections=pool_size, max_keepalive_connections=pool_size
+                    ),
+                    timeout=httpx2.Timeout(timeout_s, connect=connect_timeout_s),
+                    event_hooks={"request": [self._on_request], "response": [self._on_response]},
+                ),
+            )
+            for _ in range(max(1, shards))
+        ]
+        self.sdk = self._shards[0]
+        self._next_shard = itertools.count()
+        self._per_retries: dict[tuple[int, int], anthropic.Anthropic] = {}
 
     def close(self) -> None:
-        self.sdk.close()
+        for sdk in self._shards:
+            sdk.close()
 
     def warm_up(self) -> None:
         """Run the whole request path once per speed against a canned local answer.
@@ -129,13 +147,15 @@ class StreamingClient:
             )
         )
         local = StreamingClient.__new__(StreamingClient)
-        local.http = httpx2.Client(
+        http = httpx2.Client(
             transport=transport,
             event_hooks={"request": [self._on_request], "response": [self._on_response]},
         )
         local.sdk = anthropic.Anthropic(
-            api_key="warm-up", base_url="http://warm-up.invalid", http_client=local.http
+            api_key="warm-up", base_url="http://warm-up.invalid", http_client=http
         )
+        local._shards = [local.sdk]
+        local._next_shard = itertools.count()
         local._per_retries = {}
         messages = [{"role": "user", "content": "warm up"}]
         for speed in ("standard", "fast"):
@@ -202,12 +222,15 @@ class StreamingClient:
                     attempt.retry_after_s = None
 
     # one request ----------------------------------------------------------------------------
-    def _sdk_with_retries(self, max_retries: int | None) -> anthropic.Anthropic:
+    def _pick_sdk(self, max_retries: int | None) -> anthropic.Anthropic:
+        shard = next(self._next_shard) % len(self._shards)
+        sdk = self._shards[shard]
         if max_retries is None:
-            return self.sdk
-        found = self._per_retries.get(max_retries)
+            return sdk
+        key = (shard, max_retries)
+        found = self._per_retries.get(key)
         if found is None:
-            found = self._per_retries[max_retries] = self.sdk.with_options(max_retries=max_retries)
+            found = self._per_retries[key] = sdk.with_options(max_retries=max_retries)
         return found
 
     def send(
@@ -235,7 +258,7 @@ class StreamingClient:
             record.restart()
         token = _current.set((record, spec.speed))
         try:
-            self._exchange(spec, record, self._sdk_with_retries(max_retries))
+            self._exchange(spec, record, self._pick_sdk(max_retries))
         except anthropic.APIStatusError as err:
             self._status_failure(record, err)
         except (anthropic.APITimeoutError, httpx2.TimeoutException) as err:

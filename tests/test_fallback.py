@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from loadkit.client import RequestSpec, StreamingClient
 from loadkit.emulator.launcher import EmulatorProcess
@@ -145,14 +146,17 @@ def test_checks_catch_a_policy_that_ignores_retry_after() -> None:
 
 
 def scenario(
-    tmp_path: Path, policy: str, locustfile: str = "locustfiles/fast_fallback.py"
+    tmp_path: Path,
+    policy: str,
+    locustfile: str = "locustfiles/fast_fallback.py",
+    emulator_config: str = "workloads/emulator/fast-fallback.yaml",
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     summary = tmp_path / f"{policy}.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
     result = subprocess.run(
         [sys.executable, "-m", "locust", "-f", locustfile, "--headless", "--only-summary",
          "-u", "200", "-r", "200", "-t", "14s", "--workload", "workloads/fast-fallback.yaml",
-         "--emulator-config", "workloads/emulator/fast-fallback.yaml", "--fallback", policy,
+         "--emulator-config", emulator_config, "--fallback", policy,
          "--recover-at", "8", "--storm-grace", "2", "--summary-json", str(summary)],
         capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
     )  # fmt: skip
@@ -179,7 +183,13 @@ def test_validation_scenario_at_200_users(tmp_path: Path, policy: str) -> None:
 
 
 def test_validation_scenario_catches_a_wrong_policy(tmp_path: Path) -> None:
-    result, data = scenario(tmp_path, "retry", "tests/locustfiles/impatient_retry.py")
+    # Whole-second retry-after (as the API sends it): an immediate retry is plainly too soon.
+    config = yaml.safe_load((ROOT / "workloads/emulator/fast-fallback.yaml").read_text())
+    config["fractional_retry_after"] = False
+    (tmp_path / "emulator.yaml").write_text(yaml.safe_dump(config))
+    result, data = scenario(
+        tmp_path, "retry", "tests/locustfiles/impatient_retry.py", str(tmp_path / "emulator.yaml")
+    )
     assert result.returncode == 3
     assert any("retry sooner than retry-after" in line for line in data["breaches"])
     assert "BREACH: policy retry: retry sooner than retry-after" in result.stdout
