@@ -168,6 +168,30 @@ class Collector:
 COLLECTOR = Collector()
 
 
+def finish_request(
+    environment: Any,
+    request_id: str | None,
+    t_send: int,
+    t_first: int,
+    t_end: int,
+    deltas: int,
+    error: Exception | None,
+    error_text: str | None = None,
+) -> None:
+    """Report a finished request to Locust and to the collector (both bench users)."""
+    environment.events.request.fire(
+        request_type="LLM",
+        name=MODEL,
+        response_time=(t_end - t_send) / 1e6,
+        response_length=deltas,
+        exception=error,
+        context={"request_id": request_id},
+    )
+    if error is not None and error_text is None:
+        error_text = type(error).__name__
+    COLLECTOR.add(request_id, t_send, t_first, t_end, deltas, error is None, error_text)
+
+
 @events.test_start.add_listener
 def _on_test_start(environment: Any, **_: Any) -> None:
     COLLECTOR.start(environment.runner)

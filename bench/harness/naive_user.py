@@ -15,7 +15,7 @@ from typing import Any
 
 import anthropic
 import gevent
-from benchcollect import COLLECTOR, MAX_TOKENS, MODEL, PROMPT, stagger_s
+from benchcollect import MAX_TOKENS, MODEL, PROMPT, finish_request, stagger_s
 from locust import User, constant, events, task
 
 _now = time.perf_counter_ns
@@ -60,20 +60,4 @@ class NaiveUser(User):
         except Exception as err:
             error = err
         t_end = _now()
-        self.environment.events.request.fire(
-            request_type="LLM",
-            name=MODEL,
-            response_time=(t_end - t_send) / 1e6,
-            response_length=deltas,
-            exception=error,
-            context={"request_id": request_id},
-        )
-        COLLECTOR.add(
-            request_id,
-            t_send,
-            t_first,
-            t_end,
-            deltas,
-            error is None,
-            None if error is None else type(error).__name__,
-        )
+        finish_request(self.environment, request_id, t_send, t_first, t_end, deltas, error)

@@ -19,7 +19,7 @@ import time
 from urllib.parse import urlsplit
 
 import gevent
-from benchcollect import COLLECTOR, MAX_TOKENS, MODEL, PROMPT, stagger_s
+from benchcollect import MAX_TOKENS, MODEL, PROMPT, finish_request, stagger_s
 from locust import User, constant, task
 
 _now = time.perf_counter_ns
@@ -127,20 +127,13 @@ class RawUser(User):
             error = err
             self._close()
         t_end = _now()
-        self.environment.events.request.fire(
-            request_type="LLM",
-            name=MODEL,
-            response_time=(t_end - t_send) / 1e6,
-            response_length=deltas,
-            exception=error,
-            context={"request_id": request_id},
-        )
-        COLLECTOR.add(
+        finish_request(
+            self.environment,
             request_id,
             t_send,
             t_first,
             t_end,
             deltas,
-            error is None,
-            None if error is None else f"{type(error).__name__}: {error}"[:80],
+            error,
+            f"{type(error).__name__}: {error}"[:80] if error is not None else None,
         )
