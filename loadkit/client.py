@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextvars
 import itertools
 import json
+import logging
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +24,12 @@ import httpx2
 
 from loadkit.catalog import FAST_MODE_BETA, cost_usd
 from loadkit.record import Attempt, Outcome, ResultRecord
+from loadkit.transport import LeanTransport
 
-POOL_SHARDS = 8
+logger = logging.getLogger(__name__)
+HTTP_STACKS = ("lean", "httpx")
+# httpx's own pool checks every pooled connection on each request; shards keep that small.
+HTTPX_POOL_SHARDS = 8
 DELTA = b"event: content_block_delta"
 EVENT = b"event: "
 _now = time.perf_counter_ns
@@ -86,6 +93,8 @@ class StreamingClient:
     """One per process: a shared SDK client whose connection pool fits the user count.
 
     ``pool_size`` None lets the pool grow to one connection per concurrent user.
+    ``http_stack`` "lean" sends through loadkit's own HTTP/1.1 transport (the default, far
+    cheaper per event); "httpx" through httpx's standard one (proxies, HTTP/2 if installed).
     """
 
     def __init__(
@@ -96,27 +105,34 @@ class StreamingClient:
         max_retries: int = 0,
         timeout_s: float = 600.0,
         connect_timeout_s: float = 10.0,
-        shards: int = POOL_SHARDS,
+        http_stack: str = "lean",
     ) -> None:
-        # httpcore looks at every pooled connection on each request (an expiry check that
-        # polls the socket): with hundreds of users in one pool that is O(users) per request.
-        # Requests are spread round-robin over a few pools that share one TLS context.
+        if http_stack not in HTTP_STACKS:
+            raise ValueError(
+                f"http_stack must be one of {', '.join(HTTP_STACKS)}, not {http_stack!r}"
+            )
         ssl_context = httpx2.create_ssl_context()
+        hooks = {"request": [self._on_request], "response": [self._on_response]}
+        timeout = httpx2.Timeout(timeout_s, connect=connect_timeout_s)
+        http_clients: list[httpx2.Client]
+        if http_stack == "lean":
+            _warn_if_proxied(base_url)
+            self.transport: LeanTransport | None = LeanTransport(ssl_context, pool_size)
+            http_clients = [
+                httpx2.Client(transport=self.transport, timeout=timeout, event_hooks=hooks)
+            ]
+        else:
+            self.transport = None
+            limits = httpx2.Limits(max_connections=pool_size, max_keepalive_connections=pool_size)
+            http_clients = [
+                httpx2.Client(verify=ssl_context, limits=limits, timeout=timeout, event_hooks=hooks)
+                for _ in range(HTTPX_POOL_SHARDS)
+            ]
         self._shards = [
             anthropic.Anthropic(
-                api_key=api_key,
-                base_url=base_url,
-                max_retries=max_retries,
-                http_client=httpx2.Client(
-                    verify=ssl_context,
-                    limits=httpx2.Limits(
-                        max_connections=pool_size, max_keepalive_connections=pool_size
-                    ),
-                    timeout=httpx2.Timeout(timeout_s, connect=connect_timeout_s),
-                    event_hooks={"request": [self._on_request], "response": [self._on_response]},
-                ),
+                api_key=api_key, base_url=base_url, max_retries=max_retries, http_client=http
             )
-            for _ in range(max(1, shards))
+            for http in http_clients
         ]
         self.sdk = self._shards[0]
         self._next_shard = itertools.count()
@@ -301,7 +317,14 @@ class StreamingClient:
             record.t_headers = record.attempts[-1].t_headers if record.attempts else _now()
             record.request_id = http_response.headers.get("request-id")
             encoded = http_response.headers.get("content-encoding", "identity") != "identity"
-            chunks = http_response.iter_bytes() if encoded else http_response.iter_raw()
+            lean_body = http_response.extensions.get("loadkit_body")
+            chunks: Iterator[bytes]
+            if encoded:
+                chunks = http_response.iter_bytes()
+            elif lean_body is not None:
+                chunks = iter(lean_body)
+            else:
+                chunks = http_response.iter_raw()
             self._read_events(chunks, record)
 
     @staticmethod
@@ -417,6 +440,20 @@ class StreamingClient:
         if record.attempts and record.t_first_token:
             serving = record.attempts[-1]
             serving.ttft_ms = (record.t_first_token - serving.t_send) / 1e6
+
+
+def _warn_if_proxied(base_url: str) -> None:
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    proxies = urllib.request.getproxies()
+    if (
+        host
+        and not urllib.request.proxy_bypass(host)
+        and (proxies.get(urllib.parse.urlsplit(base_url).scheme) or proxies.get("all"))
+    ):
+        logger.warning(
+            "a proxy is configured in the environment, but the lean HTTP stack connects "
+            "directly; use --http-stack httpx to go through the proxy"
+        )
 
 
 def _take_usage(record: ResultRecord, usage: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from loadkit.client import POOL_SHARDS, RequestSpec, StreamingClient
+from loadkit.client import HTTP_STACKS, HTTPX_POOL_SHARDS, RequestSpec, StreamingClient
 from loadkit.emulator.launcher import EmulatorProcess
 from loadkit.prompts import PromptFactory
 from loadkit.record import Outcome, ResultRecord
@@ -17,9 +17,9 @@ from .conftest import Control
 HELLO = [{"role": "user", "content": "hello"}]
 
 
-@pytest.fixture()
-def client(emulator: EmulatorProcess) -> Any:
-    c = StreamingClient(emulator.base_url, "test-key", pool_size=16)
+@pytest.fixture(params=HTTP_STACKS)
+def client(emulator: EmulatorProcess, request: pytest.FixtureRequest) -> Any:
+    c = StreamingClient(emulator.base_url, "test-key", pool_size=16, http_stack=request.param)
     yield c
     c.close()
 
@@ -170,8 +170,10 @@ def test_prompts_differ_and_share_the_cached_prefix(
 
 def test_connections_are_reused(client: StreamingClient, control: Control) -> None:
     before = control.stats()["connections_opened"]
-    for i in range(3 * POOL_SHARDS):
+    for i in range(3 * HTTPX_POOL_SHARDS):
         speed = ("standard", "fast")[i % 2]
         assert client.send(RequestSpec("claude-opus-4-6", speed, 50, HELLO)).ok
-    # one connection per pool shard at most (the control client's may add one)
-    assert control.stats()["connections_opened"] - before <= POOL_SHARDS + 1
+    # sequential requests: one connection (one per pool shard on httpx's stack); the control
+    # client's may add one
+    shards = 1 if client.transport is not None else HTTPX_POOL_SHARDS
+    assert control.stats()["connections_opened"] - before <= shards + 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from loadkit.client import HTTP_STACKS
 from loadkit.fallback import POLICIES
 
 
@@ -49,6 +50,13 @@ def add_options(parser: Any) -> None:
         type=float,
         default=600.0,
         help="Seconds without progress before a request counts as timed out",
+    )
+    parser.add_argument(
+        "--http-stack",
+        default="lean",
+        choices=list(HTTP_STACKS),
+        help="lean: loadkit's own HTTP/1.1 transport (direct connections, cheapest per "
+        "token); httpx: httpx's standard transport (honours HTTPS_PROXY and the like)",
     )
     parser.add_argument(
         "--workload-seed",

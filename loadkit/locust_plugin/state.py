@@ -79,7 +79,11 @@ class RunState:
         seed = options.workload_seed or secrets.randbits(32)
         self.workload = workload
         self.client = StreamingClient(
-            target, api_key, pool_size=None, timeout_s=options.request_timeout
+            target,
+            api_key,
+            pool_size=None,
+            timeout_s=options.request_timeout,
+            http_stack=getattr(options, "http_stack", "lean"),
         )
         self.fallback_settings = fallback_settings(workload, options)
         self.policy = FallbackPolicy(self.client, self.fallback_settings)

@@ -1,0 +1,261 @@
+"""The lean HTTP/1.1 transport against scripted loopback servers (plain, TLS) and the emulator."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from loadkit.emulator.launcher import EmulatorProcess
+from loadkit.transport import LeanTransport
+
+Handler = Callable[[socket.socket], None]
+
+
+class ScriptedServer:
+    """Accepts loopback connections; each one is served by ``handler`` in its own thread."""
+
+    def __init__(self, handler: Handler, context: ssl.SSLContext | None = None) -> None:
+        self.handler = handler
+        self.context = context
+        self.accepted = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self.context is not None:
+                conn = self.context.wrap_socket(conn, server_side=True)
+            self.handler(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture()
+def serve() -> Iterator[Callable[..., ScriptedServer]]:
+    servers: list[ScriptedServer] = []
+
+    def start(handler: Handler, context: ssl.SSLContext | None = None) -> ScriptedServer:
+        servers.append(ScriptedServer(handler, context))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def read_request(conn: socket.socket) -> bytes:
+    """One request's head and body (bodies here always carry a content-length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = conn.recv(65536)
+        if not more:
+            return b""
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def keep_alive_chunked(pieces: list[bytes], requests: list[bytes]) -> Handler:
+    def handler(conn: socket.socket) -> None:
+        while request := read_request(conn):
+            requests.append(request)
+            conn.sendall(CHUNKED_HEAD + chunked(*pieces))
+
+    return handler
+
+
+def client(port: int, scheme: str = "http", **kwargs: object) -> httpx2.Client:
+    transport = LeanTransport(**kwargs)  # type: ignore[arg-type]
+    return httpx2.Client(transport=transport, base_url=f"{scheme}://127.0.0.1:{port}")
+
+
+def test_chunked_body_and_keep_alive(serve: Callable[..., ScriptedServer]) -> None:
+    requests: list[bytes] = []
+    server = serve(keep_alive_chunked([b"hello ", b"world"], requests))
+    with client(server.port) as http:
+        for n in range(3):
+            response = http.post("/v1/x?q=1", json={"n": n}, headers={"x-api-key": "k"})
+            assert response.status_code == 200 and response.text == "hello world"
+    assert server.accepted == 1
+    first = requests[0]
+    assert first.startswith(b"POST /v1/x?q=1 HTTP/1.1\r\n")
+    assert b"\r\nhost: 127.0.0.1:" in first.lower() and b"x-api-key: k\r\n" in first
+    assert first.endswith(b'{"n":0}')
+
+
+def test_body_split_across_reads_is_reassembled(serve: Callable[..., ScriptedServer]) -> None:
+    body = CHUNKED_HEAD + chunked(b"event: a\n\n", b"event: b\n\n", b"x" * 5000)
+
+    def dribble(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(body), 7):
+            conn.sendall(body[i : i + 7])
+            time.sleep(0.0002)
+
+    server = serve(dribble)
+    with client(server.port) as http, http.stream("GET", "/") as response:
+        pieces = list(response.iter_raw())
+    assert b"".join(pieces) == b"event: a\n\nevent: b\n\n" + b"x" * 5000
+    assert len(pieces) > 3  # delivered as it arrived, not buffered to the end
+
+
+def test_content_length_and_close_delimited_bodies(serve: Callable[..., ScriptedServer]) -> None:
+    def sized(conn: socket.socket) -> None:
+        while read_request(conn):
+            conn.sendall(b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 5\r\n\r\nslow!")
+
+    def until_close(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
+
+    server = serve(sized)
+    with client(server.port) as http:
+        assert [http.get("/").text for _ in range(2)] == ["slow!", "slow!"]
+    assert server.accepted == 1
+    server = serve(until_close)
+    with client(server.port) as http:
+        assert [http.get("/").text for _ in range(2)] == ["all of it", "all of it"]
+    assert server.accepted == 2  # a body ended by the close leaves no connection to reuse
+
+
+def test_a_connection_closed_while_idle_is_not_reused(serve: Callable[..., ScriptedServer]) -> None:
+    def one_then_close(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        time.sleep(0.05)  # the server's keep-alive timeout: the FIN reaches the idle socket
+
+    server = serve(one_then_close)
+    with client(server.port) as http:
+        assert http.get("/").text == "ok"
+        time.sleep(0.3)
+        assert http.get("/").text == "ok"
+    assert server.accepted == 2
+
+
+def test_a_body_left_unread_closes_its_connection(serve: Callable[..., ScriptedServer]) -> None:
+    def slow_second_half(conn: socket.socket) -> None:
+        while read_request(conn):
+            conn.sendall(CHUNKED_HEAD + b"3\r\nabc\r\n")
+            time.sleep(0.2)
+            conn.sendall(b"3\r\ndef\r\n0\r\n\r\n")
+
+    server = serve(slow_second_half)
+    with client(server.port) as http:
+        with http.stream("GET", "/") as response:
+            assert next(response.iter_raw()) == b"abc"
+        assert http.get("/").text == "abcdef"
+        assert http.get("/").text == "abcdef"
+    assert server.accepted == 2  # the half-read one was closed; the whole ones are reused
+
+
+def test_errors_map_to_httpx_exceptions(serve: Callable[..., ScriptedServer]) -> None:
+    def cut_mid_body(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(CHUNKED_HEAD + b"5\r\nhello\r\n")
+
+    def silent(conn: socket.socket) -> None:
+        read_request(conn)
+        time.sleep(1.0)
+
+    def garbage(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"SMTP ready\r\n\r\n")
+
+    with client(serve(cut_mid_body).port) as http, pytest.raises(httpx2.RemoteProtocolError):
+        http.get("/").read()
+    with client(serve(garbage).port) as http, pytest.raises(httpx2.RemoteProtocolError):
+        http.get("/")
+    with client(serve(silent).port) as http, pytest.raises(httpx2.ReadTimeout):
+        http.get("/", timeout=0.2)
+    free = socket.create_server(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()
+    with client(port) as http, pytest.raises(httpx2.ConnectError):
+        http.get("/")
+    with client(port, scheme="ftp") as http, pytest.raises(httpx2.UnsupportedProtocol):
+        http.get("/")
+
+
+def test_max_connections_waits_then_times_out(serve: Callable[..., ScriptedServer]) -> None:
+    requests: list[bytes] = []
+    server = serve(keep_alive_chunked([b"x"], requests))
+    with client(server.port, max_connections=1) as http:
+        with http.stream("GET", "/"), pytest.raises(httpx2.PoolTimeout):  # holds the only one
+            http.get("/", timeout=httpx2.Timeout(5.0, pool=0.1))
+        assert http.get("/").text == "x"  # released, and reused
+    assert server.accepted == 1
+
+
+def test_tls_with_a_trusted_self_signed_certificate(
+    serve: Callable[..., ScriptedServer], tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    requests: list[bytes] = []
+    server = serve(keep_alive_chunked([b"secure ", b"stream"], requests), server_context)
+    trusting = ssl.create_default_context(cafile=str(cert))
+    with client(server.port, scheme="https", ssl_context=trusting) as http:
+        assert [http.get("/").text for _ in range(2)] == ["secure stream"] * 2
+    assert server.accepted == 1
+    # and a certificate nobody vouched for is refused
+    with client(server.port, scheme="https") as http, pytest.raises(httpx2.ConnectError):
+        http.get("/")
+
+
+def test_against_the_emulator(emulator: EmulatorProcess) -> None:
+    with client(int(emulator.base_url.rsplit(":", 1)[1])) as http:
+        assert http.get("/_emulator/health").json()
+        response = http.post(
+            "/v1/messages",
+            headers={"x-api-key": "k", "anthropic-version": "2023-06-01"},
+            json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
+        )
+        assert response.status_code == 400 and "messages" in response.text
