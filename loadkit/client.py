@@ -12,6 +12,7 @@ import contextvars
 import itertools
 import json
 import logging
+import os
 import time
 import urllib.parse
 import urllib.request
@@ -128,9 +129,16 @@ class StreamingClient:
                 httpx2.Client(verify=ssl_context, limits=limits, timeout=timeout, event_hooks=hooks)
                 for _ in range(HTTPX_POOL_SHARDS)
             ]
+        # A span per request would load the tracing backend as much as the API, and costs
+        # ~70 us of CPU per request here: off unless the environment asks for it.
+        telemetry = None if os.environ.get("ANTHROPIC_OPEN_TELEMETRY") else False
         self._shards = [
             anthropic.Anthropic(
-                api_key=api_key, base_url=base_url, max_retries=max_retries, http_client=http
+                api_key=api_key,
+                base_url=base_url,
+                max_retries=max_retries,
+                http_client=http,
+                open_telemetry=telemetry,
             )
             for http in http_clients
         ]
@@ -318,25 +326,27 @@ class StreamingClient:
             record.request_id = http_response.headers.get("request-id")
             encoded = http_response.headers.get("content-encoding", "identity") != "identity"
             lean_body = http_response.extensions.get("loadkit_body")
-            chunks: Iterator[bytes]
-            if encoded:
-                chunks = http_response.iter_bytes()
-            elif lean_body is not None:
-                chunks = iter(lean_body)
+            reads: Iterator[tuple[int, bytes]]
+            if lean_body is not None and not encoded:
+                # the arrival times of the bytes, not the (later) times they were read
+                reads = lean_body.timed_reads()
+                if record.attempts:
+                    record.attempts[-1].t_headers = lean_body.t_headers
+                record.t_headers = lean_body.t_headers
             else:
-                chunks = http_response.iter_raw()
-            self._read_events(chunks, record)
+                chunks = http_response.iter_bytes() if encoded else http_response.iter_raw()
+                reads = ((_now(), chunk) for chunk in chunks)
+            self._read_events(reads, record)
 
     @staticmethod
-    def _read_events(chunks: Iterator[bytes], record: ResultRecord) -> None:
+    def _read_events(reads: Iterator[tuple[int, bytes]], record: ResultRecord) -> None:
         """The hot loop: one timestamp per read, deltas counted, rare events parsed."""
         carry = b""
         first = last = 0
         deltas = 0
         itl = record.itl_ns
         try:
-            for chunk in chunks:
-                now = _now()
+            for now, chunk in reads:
                 if carry:
                     chunk = carry + chunk
                 if chunk.endswith(b"\n\n"):
@@ -359,7 +369,7 @@ class StreamingClient:
                 if StreamingClient._rare_events(chunk, record, now):
                     # Read on to the end of the body (the chunked terminator follows at once):
                     # a connection left mid-body is closed, not reused for the next request.
-                    for _ in chunks:
+                    for _ in reads:
                         pass
                     break
         finally:

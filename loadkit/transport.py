@@ -1,10 +1,19 @@
-"""A lean HTTP/1.1 transport for httpx: keep-alive sockets and a C response parser.
+"""A lean HTTP/1.1 transport for httpx: keep-alive sockets, a C parser, arrival timestamps.
 
 The SDK sends every request through its httpx client; this transport is what that client
 writes to. It exists because the default stack (httpcore + h11) costs tens of microseconds of
 Python per SSE event, which a load generator pays for every token it measures. Here a read
-is one ``recv`` and one ``httptools`` (llhttp) ``feed_data``, and the body arrives as the
+is one ``recvmsg`` and one ``httptools`` (llhttp) ``feed_data``, and the body arrives as the
 bytes of that read.
+
+Each read also carries the time its bytes reached this host: on Linux the kernel stamps
+every received segment (``SO_TIMESTAMPNS``), and that stamp is moved onto the
+``perf_counter_ns`` clock. A busy load generator then reads late without measuring late.
+TLS runs in memory (``ssl.SSLObject``) so that the encrypted bytes are read, and stamped,
+by the same call.
+
+Read and write timeouts are enforced by one watchdog thread per transport, which shuts down
+a socket that made no progress in time: a per-read timer would cost more than the read.
 
 It speaks plain HTTP/1.1 over TCP or TLS, directly (no proxies, no HTTP/2). The standard
 library's sockets are used, so under gevent's monkey-patching they are cooperative.
@@ -16,6 +25,8 @@ import contextlib
 import select
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +37,158 @@ import httpx2
 
 RECV_BYTES = 65536
 DEFAULT_PORTS = {b"http": 80, b"https": 443}
+WATCHDOG_INTERVAL_S = 0.25
+# SO_TIMESTAMPNS (asm-generic value; Python does not export it): a struct timespec per read
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+TIMESPEC = struct.Struct("@qq")
+ANCILLARY_BYTES = socket.CMSG_SPACE(TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+KERNEL_STAMPS = sys.platform == "linux" and ANCILLARY_BYTES > 0
+MAX_STAMP_AGE_NS = 10_000_000_000  # older than this, the stamp is not trusted
+
+_perf_ns = time.perf_counter_ns
+_wall_ns = time.time_ns
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]], now: int) -> int:
+    """The kernel's receive stamp as a perf_counter_ns time (``now`` when there is none)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
+            seconds, nanos = TIMESPEC.unpack_from(data)
+            age = _wall_ns() - (seconds * 1_000_000_000 + nanos)
+            if 0 <= age < MAX_STAMP_AGE_NS:
+                return now - age
+    return now
+
+
+class ConnectionTimedOut(Exception):
+    """Raised by a connection the watchdog shut down."""
+
+
+class _Connection:
+    """One socket (plain or TLS in memory), with the time of its last progress."""
+
+    __slots__ = (
+        "idle_since",
+        "incoming",
+        "origin",
+        "outgoing",
+        "progress_ns",
+        "sock",
+        "stamps",
+        "t_read",
+        "timed_out",
+        "timeout_ns",
+        "tls",
+    )
+
+    def __init__(self, sock: socket.socket, origin: tuple[bytes, bytes, int]) -> None:
+        self.sock = sock
+        self.origin = origin
+        self.idle_since = 0.0
+        self.tls: ssl.SSLObject | None = None
+        self.incoming = self.outgoing = ssl.MemoryBIO()
+        self.stamps = False
+        if KERNEL_STAMPS:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                self.stamps = True
+        self.t_read = 0  # when the bytes of the last read arrived (perf_counter_ns)
+        self.progress_ns = 0  # when the last read returned, or the last wait began
+        self.timeout_ns = 0  # how long a wait may last before the watchdog ends it; 0: ever
+        self.timed_out = False
+
+    def start_tls(self, context: ssl.SSLContext, hostname: str) -> None:
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=hostname)
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._fill():
+                    raise ssl.SSLEOFError(
+                        "the server closed the connection during the handshake"
+                    ) from None
+        self._flush()
+
+    def arm(self, timeout_s: float | None) -> None:
+        """From now on, each wait for the socket may last ``timeout_s`` (None: no limit)."""
+        self.timeout_ns = int(timeout_s * 1e9) if timeout_s else 0
+        self.progress_ns = self.t_read = _perf_ns()
+
+    def sendall(self, data: bytes) -> None:
+        if self.tls is None:
+            self.sock.sendall(data)
+        else:
+            self.tls.write(data)
+            self._flush()
+
+    def recv(self) -> bytes:
+        """The next bytes (b"" at the end); ``t_read`` is when they reached this host."""
+        tls = self.tls
+        if tls is None:
+            return self._recv_wire()
+        while True:
+            try:
+                data = tls.read(RECV_BYTES)
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._fill():
+                    return b""
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+            if self.outgoing.pending:
+                self._flush()
+            return data
+
+    def _recv_wire(self) -> bytes:
+        if self.stamps:
+            data, ancillary, _, _ = self.sock.recvmsg(RECV_BYTES, ANCILLARY_BYTES)
+            self.progress_ns = now = _perf_ns()
+            self.t_read = _arrival(ancillary, now)
+        else:
+            data = self.sock.recv(RECV_BYTES)
+            self.progress_ns = self.t_read = _perf_ns()
+        if self.timed_out:
+            raise ConnectionTimedOut
+        return data
+
+    def _fill(self) -> bool:
+        data = self._recv_wire()
+        if not data:
+            self.incoming.write_eof()
+            return False
+        self.incoming.write(data)
+        return True
+
+    def _flush(self) -> None:
+        pending = self.outgoing.read()
+        if pending:
+            self.sock.sendall(pending)
+            if self.timed_out:
+                raise ConnectionTimedOut
+
+    def readable(self) -> bool:
+        """True when an idle connection has something to read: a close, or stray bytes."""
+        if self.incoming.pending or (self.tls is not None and self.tls.pending()):
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
+    def expire(self) -> None:
+        """Called by the watchdog: wake whoever waits on this socket, with an error."""
+        self.timed_out = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 class _Exchange:
@@ -58,24 +221,12 @@ class _Exchange:
         self.complete = True
 
 
-class _Connection:
-    __slots__ = ("idle_since", "origin", "sock")
-
-    def __init__(self, sock: socket.socket, origin: tuple[bytes, bytes, int]) -> None:
-        self.sock = sock
-        self.origin = origin
-        self.idle_since = 0.0
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-
 class ResponseBody(httpx2.SyncByteStream):
     """The body of one response, read from its connection as it arrives.
 
-    Each item is everything one ``recv`` brought, de-chunked. The connection goes back to
-    the pool only when the whole body was read; a body closed early closes its socket.
+    ``timed_reads()`` gives ``(arrival time, bytes)`` per read, de-chunked; iterating gives
+    the bytes alone (as httpx does). The connection goes back to the pool only when the
+    whole body was read; a body closed early closes its socket.
     """
 
     def __init__(
@@ -91,27 +242,27 @@ class ResponseBody(httpx2.SyncByteStream):
         self._exchange = exchange
         self._request = request
         self._close_delimited = close_delimited
+        self.t_headers = connection.t_read
 
     def __iter__(self) -> Iterator[bytes]:
+        for _, chunk in self.timed_reads():
+            yield chunk
+
+    def timed_reads(self) -> Iterator[tuple[int, bytes]]:
         exchange = self._exchange
         body = exchange.body
-        if body:
-            chunk = body[0] if len(body) == 1 else b"".join(body)
-            body.clear()
-            yield chunk
         connection = self._connection
         if connection is None:
             return
-        recv = connection.sock.recv
+        if body:
+            chunk = body[0] if len(body) == 1 else b"".join(body)
+            body.clear()
+            yield connection.t_read, chunk
+        recv = connection.recv
         feed = exchange.parser.feed_data
         request = self._request
         while not exchange.complete:
-            try:
-                data = recv(RECV_BYTES)
-            except TimeoutError as err:
-                raise httpx2.ReadTimeout(str(err) or "read timed out", request=request) from err
-            except OSError as err:
-                raise httpx2.ReadError(str(err), request=request) from err
+            data = _read(connection, recv, request)
             if not data:
                 if self._close_delimited:
                     exchange.complete = True
@@ -128,7 +279,7 @@ class ResponseBody(httpx2.SyncByteStream):
             if body:
                 chunk = body[0] if len(body) == 1 else b"".join(body)
                 body.clear()
-                yield chunk
+                yield connection.t_read, chunk
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -141,12 +292,26 @@ class ResponseBody(httpx2.SyncByteStream):
             self._transport._discard(connection)
 
 
+def _read(connection: _Connection, recv: Any, request: httpx2.Request) -> bytes:
+    try:
+        return recv()  # type: ignore[no-any-return]
+    except ConnectionTimedOut as err:
+        raise httpx2.ReadTimeout("no data within the read timeout", request=request) from err
+    except ssl.SSLError as err:
+        raise httpx2.ReadError(f"TLS: {err}", request=request) from err
+    except OSError as err:
+        if connection.timed_out:
+            raise httpx2.ReadTimeout("no data within the read timeout", request=request) from err
+        raise httpx2.ReadError(str(err), request=request) from err
+
+
 class LeanTransport(httpx2.BaseTransport):
     """``httpx2.Client(transport=LeanTransport())``.
 
     ``max_connections`` bounds the sockets open at once (None: no bound; a request waits
     up to its pool timeout for one). Idle sockets are kept for ``keepalive_expiry`` seconds
-    and checked for a close by the server before they are used again.
+    and checked for a close by the server before they are used again. Read and write
+    timeouts are kept to within ``WATCHDOG_INTERVAL_S``.
     """
 
     def __init__(
@@ -157,9 +322,11 @@ class LeanTransport(httpx2.BaseTransport):
     ) -> None:
         self._ssl_context = ssl_context
         self._idle: dict[tuple[bytes, bytes, int], list[_Connection]] = {}
+        self._busy: set[_Connection] = set()
         self._slots = threading.BoundedSemaphore(max_connections) if max_connections else None
         self._keepalive_expiry = keepalive_expiry
         self._closed = False
+        self._watchdog: threading.Thread | None = None
         self.connections_opened = 0
 
     # the pool -------------------------------------------------------------------------------
@@ -171,6 +338,11 @@ class LeanTransport(httpx2.BaseTransport):
                 f"the lean transport speaks http and https, not {scheme.decode()!r}",
                 request=request,
             )
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(
+                target=self._watch, name="loadkit-transport-watchdog", daemon=True
+            )
+            self._watchdog.start()
         origin = (scheme, url.raw_host, url.port or DEFAULT_PORTS[scheme])
         if self._slots is not None and not self._slots.acquire(timeout=timeouts.get("pool")):
             raise httpx2.PoolTimeout("no connection became free in time", request=request)
@@ -179,13 +351,14 @@ class LeanTransport(httpx2.BaseTransport):
             now = time.monotonic()
             while idle:
                 connection = idle.pop()
-                if now - connection.idle_since < self._keepalive_expiry and not _readable(
-                    connection.sock
-                ):
-                    connection.sock.settimeout(timeouts.get("read"))
+                fresh = now - connection.idle_since < self._keepalive_expiry
+                if fresh and not connection.readable():
+                    self._busy.add(connection)
                     return connection
                 connection.close()  # expired, or the server closed it (or sent junk)
-            return self._connect(request, origin, timeouts)
+            connection = self._connect(request, origin, timeouts)
+            self._busy.add(connection)
+            return connection
         except BaseException:
             if self._slots is not None:
                 self._slots.release()
@@ -196,30 +369,34 @@ class LeanTransport(httpx2.BaseTransport):
     ) -> _Connection:
         scheme, host, port = origin
         hostname = host.decode("ascii")
+        connect_timeout = timeouts.get("connect")
         try:
-            sock = socket.create_connection((hostname, port), timeout=timeouts.get("connect"))
+            sock = socket.create_connection((hostname, port), timeout=connect_timeout)
         except TimeoutError as err:
             raise httpx2.ConnectTimeout(str(err) or "connect timed out", request=request) from err
         except OSError as err:
             raise httpx2.ConnectError(str(err), request=request) from err
+        sock.settimeout(None)  # the watchdog keeps the time from here on
+        connection = _Connection(sock, origin)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == b"https":
-                context = self._ssl_context or httpx2.create_ssl_context()
-                sock = context.wrap_socket(sock, server_hostname=hostname)
-        except TimeoutError as err:
-            sock.close()
-            raise httpx2.ConnectTimeout(
-                str(err) or "TLS handshake timed out", request=request
-            ) from err
-        except OSError as err:
-            sock.close()
+                connection.arm(connect_timeout)
+                self._busy.add(connection)
+                connection.start_tls(self._ssl_context or httpx2.create_ssl_context(), hostname)
+        except ConnectionTimedOut as err:
+            connection.close()
+            raise httpx2.ConnectTimeout("TLS handshake timed out", request=request) from err
+        except OSError as err:  # ssl.SSLError included
+            connection.close()
             raise httpx2.ConnectError(str(err), request=request) from err
-        sock.settimeout(timeouts.get("read"))
+        finally:
+            self._busy.discard(connection)
         self.connections_opened += 1
-        return _Connection(sock, origin)
+        return connection
 
     def _release(self, connection: _Connection) -> None:
+        self._busy.discard(connection)
         if self._closed:
             connection.close()
         else:
@@ -229,9 +406,19 @@ class LeanTransport(httpx2.BaseTransport):
             self._slots.release()
 
     def _discard(self, connection: _Connection) -> None:
+        self._busy.discard(connection)
         connection.close()
         if self._slots is not None:
             self._slots.release()
+
+    def _watch(self) -> None:
+        while not self._closed:
+            time.sleep(WATCHDOG_INTERVAL_S)
+            now = _perf_ns()
+            for connection in list(self._busy):
+                limit = connection.timeout_ns
+                if limit and now - connection.progress_ns > limit:
+                    connection.expire()
 
     def close(self) -> None:
         self._closed = True
@@ -265,31 +452,23 @@ class LeanTransport(httpx2.BaseTransport):
         payload: bytes,
         timeouts: dict[str, Any],
     ) -> httpx2.Response:
-        sock = connection.sock
         trace = request.extensions.get("trace")
+        connection.arm(timeouts.get("write"))
         try:
-            if timeouts.get("write") != timeouts.get("read"):
-                sock.settimeout(timeouts.get("write"))
-                sock.sendall(payload)
-                sock.settimeout(timeouts.get("read"))
-            else:
-                sock.sendall(payload)
-        except TimeoutError as err:
-            raise httpx2.WriteTimeout(str(err) or "write timed out", request=request) from err
-        except OSError as err:
+            connection.sendall(payload)
+        except (ConnectionTimedOut, OSError) as err:
+            if connection.timed_out:
+                raise httpx2.WriteTimeout("write timed out", request=request) from err
             raise httpx2.WriteError(str(err), request=request) from err
         if trace is not None:
             trace("http11.send_request_body.complete", {"request": request})
 
+        connection.arm(timeouts.get("read"))
         exchange = _Exchange()
         parser = exchange.parser
+        recv = connection.recv
         while not exchange.headers_done:
-            try:
-                data = sock.recv(RECV_BYTES)
-            except TimeoutError as err:
-                raise httpx2.ReadTimeout(str(err) or "read timed out", request=request) from err
-            except OSError as err:
-                raise httpx2.ReadError(str(err), request=request) from err
+            data = _read(connection, recv, request)
             if not data:
                 raise httpx2.RemoteProtocolError(
                     "server disconnected without sending a response", request=request
@@ -310,12 +489,3 @@ class LeanTransport(httpx2.BaseTransport):
             stream=body,
             extensions={"http_version": b"HTTP/1.1", "loadkit_body": body},
         )
-
-
-def _readable(sock: socket.socket) -> bool:
-    """True when an idle connection has something to read: a close (EOF) or stray bytes."""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)

@@ -227,27 +227,76 @@ def test_max_connections_waits_then_times_out(serve: Callable[..., ScriptedServe
     assert server.accepted == 1
 
 
-def test_tls_with_a_trusted_self_signed_certificate(
-    serve: Callable[..., ScriptedServer], tmp_path: Path
-) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
+    return cert, key
+
+
+def tls_pair(certificate: tuple[Path, Path]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(the server's context, a client context that trusts it)."""
+    cert, key = certificate
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(cert, key)
+    return server_context, ssl.create_default_context(cafile=str(cert))
+
+
+def test_tls_with_a_trusted_self_signed_certificate(
+    serve: Callable[..., ScriptedServer], certificate: tuple[Path, Path]
+) -> None:
+    server_context, trusting = tls_pair(certificate)
     requests: list[bytes] = []
     server = serve(keep_alive_chunked([b"secure ", b"stream"], requests), server_context)
-    trusting = ssl.create_default_context(cafile=str(cert))
     with client(server.port, scheme="https", ssl_context=trusting) as http:
         assert [http.get("/").text for _ in range(2)] == ["secure stream"] * 2
     assert server.accepted == 1
     # and a certificate nobody vouched for is refused
     with client(server.port, scheme="https") as http, pytest.raises(httpx2.ConnectError):
         http.get("/")
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_reads_carry_the_time_their_bytes_arrived(
+    serve: Callable[..., ScriptedServer], certificate: tuple[Path, Path], scheme: str
+) -> None:
+    def two_parts(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(CHUNKED_HEAD + b"5\r\nfirst\r\n")
+        time.sleep(0.1)
+        conn.sendall(b"6\r\nsecond\r\n0\r\n\r\n")
+        time.sleep(1.0)
+
+    server_context, trusting = tls_pair(certificate)
+    server = serve(two_parts, server_context if scheme == "https" else None)
+    http = client(server.port, scheme=scheme, ssl_context=trusting)
+    with http, http.stream("GET", "/") as response:
+        time.sleep(0.4)  # a busy load generator: the bytes wait in the socket
+        read_at = time.perf_counter_ns()
+        body = response.extensions["loadkit_body"]
+        reads = list(body.timed_reads())
+    assert b"".join(chunk for _, chunk in reads) == b"firstsecond"
+    arrived = reads[-1][0]
+    assert body.t_headers <= reads[0][0] <= arrived
+    # the second part reached the host ~0.1 s after the first and ~0.3 s before it was read
+    assert 0.2e9 < read_at - arrived < 0.4e9, (read_at - arrived) / 1e9
+
+
+def test_a_write_the_server_never_reads_times_out(serve: Callable[..., ScriptedServer]) -> None:
+    def deaf(conn: socket.socket) -> None:
+        time.sleep(2.0)
+
+    server = serve(deaf)
+    started = time.monotonic()
+    with client(server.port) as http, pytest.raises(httpx2.WriteTimeout):
+        http.post("/", content=b"x" * 50_000_000, timeout=httpx2.Timeout(5.0, write=0.3))
+    assert time.monotonic() - started < 1.5
 
 
 def test_against_the_emulator(emulator: EmulatorProcess) -> None:
