@@ -220,6 +220,14 @@ class _Exchange:
     def on_message_complete(self) -> None:
         self.complete = True
 
+    def release(self) -> None:
+        """Break the cycle exchange -> parser -> bound callbacks -> exchange.
+
+        Left to the cyclic collector, a thousand of these a second made it pause for tens of
+        milliseconds; dropped here, reference counting frees them at once.
+        """
+        self.parser = None  # type: ignore[assignment]
+
 
 class ResponseBody(httpx2.SyncByteStream):
     """The body of one response, read from its connection as it arrives.
@@ -286,6 +294,7 @@ class ResponseBody(httpx2.SyncByteStream):
         if connection is None:
             return
         exchange = self._exchange
+        exchange.release()
         if exchange.complete and exchange.keep_alive:
             self._transport._release(connection)
         else:
@@ -467,16 +476,20 @@ class LeanTransport(httpx2.BaseTransport):
         exchange = _Exchange()
         parser = exchange.parser
         recv = connection.recv
-        while not exchange.headers_done:
-            data = _read(connection, recv, request)
-            if not data:
-                raise httpx2.RemoteProtocolError(
-                    "server disconnected without sending a response", request=request
-                )
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserError as err:
-                raise httpx2.RemoteProtocolError(str(err), request=request) from err
+        try:
+            while not exchange.headers_done:
+                data = _read(connection, recv, request)
+                if not data:
+                    raise httpx2.RemoteProtocolError(
+                        "server disconnected without sending a response", request=request
+                    )
+                try:
+                    parser.feed_data(data)
+                except httptools.HttpParserError as err:
+                    raise httpx2.RemoteProtocolError(str(err), request=request) from err
+        except BaseException:
+            exchange.release()
+            raise
         status = exchange.status
         if request.method == "HEAD" or status in (204, 304):
             exchange.complete = True

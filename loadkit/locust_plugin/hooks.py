@@ -112,6 +112,7 @@ def _test_start(environment: Any, **_: Any) -> None:
     options = environment.parsed_options
     runner = environment.runner
     STATE.finished = STATE.stopped = False
+    STATE.stopping_at = 0
     STATE.aggregate.reset()
     if not isinstance(runner, WorkerRunner):
         try:
@@ -152,6 +153,12 @@ def _test_start(environment: Any, **_: Any) -> None:
     except Exception as err:  # calibration against an unreachable target, a missing key...
         STATE.close_client()
         _fail_run(environment, f"cannot prepare the run: {err}")
+
+
+@events.test_stopping.add_listener
+def _test_stopping(**_: Any) -> None:
+    # open-loop schedules end here: starts due after this are not owed
+    STATE.stopping_at = time.perf_counter_ns()
 
 
 @events.report_to_master.add_listener

@@ -62,6 +62,7 @@ class RunState:
     finished: bool = False
     environment: Any = None  # Locust's, set at init
     stopped: bool = False  # worker: its users were stopped (its next report is its last)
+    stopping_at: int = 0  # perf_counter_ns when the run began to stop (0: it has not)
     final_reports: set[str] = field(default_factory=set)  # master: workers that sent theirs
     cache_ttl: str = "5m"
 

@@ -35,6 +35,9 @@ class LLMUser(User):
         if not capacity.open_loop_active():
             self.send(STATE.next_spec())
             return
+        if STATE.stopping_at:  # a schedule ended by the run's end is not started again
+            gevent.sleep(1.0)
+            return
         schedule = capacity.open_loop_schedule(random.Random())
         if schedule is not None:
             self.open_loop(schedule)
@@ -61,12 +64,15 @@ class LLMUser(User):
         assert settings is not None
         pool = Pool(settings.in_flight_per_user)
         counts = STATE.aggregate
+        due: int | None = None  # the next start, taken from the schedule and not yet made
         try:
             while True:
                 due = schedule.next_start()
                 delay = (due - time.perf_counter_ns()) / 1e9
                 if delay > 0:
                     gevent.sleep(delay)
+                if STATE.stopping_at:  # the run is ending: no more starts are owed
+                    break
                 if pool.full():
                     counts.schedule["cap_waits"] += 1
                     pool.wait_available()
@@ -79,9 +85,12 @@ class LLMUser(User):
                 spec = STATE.next_spec()
                 spec.t_intended = due
                 pool.spawn(self.send, spec)
+                due = None
+            pool.join()  # in flight: finished, unless the user is killed first (then cancelled)
         finally:
             # Starts whose time came while waiting for the cap, never made: counted, not lost.
-            now = time.perf_counter_ns()
-            while schedule.next_start() <= now:
+            now = STATE.stopping_at or time.perf_counter_ns()
+            while due is not None and due <= now:
                 STATE.aggregate.schedule["not_started"] += 1
+                due = schedule.next_start()
             pool.kill(block=True)  # their streams end as cancelled, each one reported
