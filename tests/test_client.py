@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+import anthropic
 import pytest
 
 from loadkit.client import HTTP_STACKS, HTTPX_POOL_SHARDS, RequestSpec, StreamingClient
@@ -177,3 +178,20 @@ def test_connections_are_reused(client: StreamingClient, control: Control) -> No
     # client's may add one
     shards = 1 if client.transport is not None else HTTPX_POOL_SHARDS
     assert control.stats()["connections_opened"] - before <= shards + 1
+
+
+def test_the_sdk_still_prepares_urls_through_the_remembered_step(emulator: EmulatorProcess) -> None:
+    client = StreamingClient(emulator.base_url, "test-key")
+    plain = anthropic.Anthropic(api_key="test-key", base_url=emulator.base_url)
+    try:
+        for speed in ("standard", "fast"):
+            assert client.send(RequestSpec("claude-opus-4-6", speed, 5, HELLO)).ok
+        remembered = client.sdk._loadkit_urls  # type: ignore[attr-defined]
+        # the SDK called the override (were it renamed upstream, this would fail) ...
+        assert "/v1/messages" in remembered
+        # ... and what it remembers is what the SDK itself builds
+        for path, url in remembered.items():
+            assert url == plain._prepare_url(path)
+    finally:
+        client.close()
+        plain.close()

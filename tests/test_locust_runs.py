@@ -47,12 +47,13 @@ def write_yaml(path: Path, data: Any) -> Path:
     return path
 
 
-def test_standalone_run_accounts_for_every_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stack", ["lean", "httpx"])
+def test_standalone_run_accounts_for_every_request(tmp_path: Path, stack: str) -> None:
     config = write_yaml(tmp_path / "emulator.yaml", QUICK_EMULATOR)
     started = time.monotonic()
     result, data = locust(
         tmp_path, "-u", "20", "-r", "20", "-t", "6s", "--workload", "workloads/ci.yaml",
-        "--emulator-config", str(config), "--csv", str(tmp_path / "run"),
+        "--emulator-config", str(config), "--csv", str(tmp_path / "run"), "--http-stack", stack,
     )  # fmt: skip
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-3000:]

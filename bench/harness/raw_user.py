@@ -80,6 +80,8 @@ class RawUser(User):
             if self.sock is None:
                 self.sock = socket.create_connection(self.address, timeout=60)
                 self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # no read timeout: gevent arms a timer for every read that has to wait
+                self.sock.settimeout(None)
             sock = self.sock
             recv = sock.recv
             sock.sendall(self.request_bytes)
