@@ -218,11 +218,12 @@ def render_report(aggregate: Aggregate, data: dict[str, Any]) -> str:
         sections.append(
             "<h2>Over time</h2>"
             + line_chart("TTFT percentiles", series["ttft"], "seconds into the run", "ms")
+            # separate charts: tokens/s run hundreds of times higher than requests/s
             + line_chart(
-                "Throughput",
-                series["throughput"] + series["requests"],
-                "seconds into the run",
-                "per second",
+                "Output tokens/s", series["throughput"], "seconds into the run", "tokens/s"
+            )
+            + line_chart(
+                "Requests/s started", series["requests"], "seconds into the run", "requests/s"
             )
             + line_chart(
                 "Errors and 429s", series["errors"], "seconds into the run", "requests per window"

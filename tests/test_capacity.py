@@ -231,4 +231,5 @@ def test_report_renders_in_a_browser(tmp_path: Path) -> None:
         lines = page.locator("svg polyline").count()
         browser.close()
     assert {"TTFT distribution (CDF)", "OTPS distribution (CDF)", "TTFT percentiles"} <= set(titles)
-    assert "Errors and 429s" in titles and lines >= 5
+    assert {"Output tokens/s", "Requests/s started", "Errors and 429s"} <= set(titles)
+    assert lines >= 6
