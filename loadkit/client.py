@@ -98,9 +98,12 @@ class SDKClient(anthropic.Anthropic):
     A test checks that the SDK still calls it and that the URLs are the SDK's own.
     """
 
+    _loadkit_urls: dict[str, httpx2.URL] | None = None
+    _loadkit_urls_base: httpx2.URL | None = None  # the base URL those were joined to
+
     def _prepare_url(self, url: str) -> httpx2.URL:
-        cache: dict[str, httpx2.URL] | None = getattr(self, "_loadkit_urls", None)
-        if cache is None or getattr(self, "_loadkit_urls_base", None) is not self._base_url:
+        cache = self._loadkit_urls
+        if cache is None or self._loadkit_urls_base is not self._base_url:
             cache = self._loadkit_urls = {}
             self._loadkit_urls_base = self._base_url
         prepared = cache.get(url)
@@ -341,7 +344,6 @@ class StreamingClient:
         with api.with_streaming_response.create(**kwargs) as response:
             http_response: httpx2.Response = response.http_response
             record.status = http_response.status_code
-            record.t_headers = record.attempts[-1].t_headers if record.attempts else _now()
             record.request_id = http_response.headers.get("request-id")
             encoded = http_response.headers.get("content-encoding", "identity") != "identity"
             lean_body = http_response.extensions.get("loadkit_body")
@@ -353,6 +355,7 @@ class StreamingClient:
                     record.attempts[-1].t_headers = lean_body.t_headers
                 record.t_headers = lean_body.t_headers
             else:
+                record.t_headers = record.attempts[-1].t_headers if record.attempts else _now()
                 chunks = http_response.iter_bytes() if encoded else http_response.iter_raw()
                 reads = ((_now(), chunk) for chunk in chunks)
             self._read_events(reads, record)
@@ -472,12 +475,13 @@ class StreamingClient:
 
 
 def _warn_if_proxied(base_url: str) -> None:
-    host = urllib.parse.urlsplit(base_url).hostname or ""
+    url = urllib.parse.urlsplit(base_url)
+    host = url.hostname or ""
     proxies = urllib.request.getproxies()
     if (
         host
         and not urllib.request.proxy_bypass(host)
-        and (proxies.get(urllib.parse.urlsplit(base_url).scheme) or proxies.get("all"))
+        and (proxies.get(url.scheme) or proxies.get("all"))
     ):
         logger.warning(
             "a proxy is configured in the environment, but the lean HTTP stack connects "

@@ -171,7 +171,7 @@ class _Connection:
 
     def readable(self) -> bool:
         """True when an idle connection has something to read: a close, or stray bytes."""
-        if self.incoming.pending or (self.tls is not None and self.tls.pending()):
+        if self.tls is not None and (self.incoming.pending or self.tls.pending()):
             return True
         sock = self.sock
         try:
@@ -272,12 +272,9 @@ class ResponseBody(httpx2.SyncByteStream):
             chunk = body[0] if len(body) == 1 else b"".join(body)
             body.clear()
             yield connection.t_read, chunk
-        recv = connection.recv
-        feed = exchange.parser.feed_data
         request = self._request
         while not exchange.complete:
-            data = _read(connection, recv, request)
-            if not data:
+            if not _pull(connection, exchange.parser, request):
                 if self._close_delimited:
                     exchange.complete = True
                     exchange.keep_alive = False
@@ -286,10 +283,6 @@ class ResponseBody(httpx2.SyncByteStream):
                     "peer closed connection without sending complete message body",
                     request=request,
                 )
-            try:
-                feed(data)
-            except httptools.HttpParserError as err:
-                raise httpx2.RemoteProtocolError(str(err), request=request) from err
             if body:
                 chunk = body[0] if len(body) == 1 else b"".join(body)
                 body.clear()
@@ -307,9 +300,12 @@ class ResponseBody(httpx2.SyncByteStream):
             self._transport._discard(connection)
 
 
-def _read(connection: _Connection, recv: Any, request: httpx2.Request) -> bytes:
+def _pull(
+    connection: _Connection, parser: httptools.HttpResponseParser, request: httpx2.Request
+) -> bool:
+    """Read once and feed the parser; False when the server closed the connection."""
     try:
-        return recv()  # type: ignore[no-any-return]
+        data = connection.recv()
     except ConnectionTimedOut as err:
         raise httpx2.ReadTimeout("no data within the read timeout", request=request) from err
     except ssl.SSLError as err:
@@ -318,6 +314,13 @@ def _read(connection: _Connection, recv: Any, request: httpx2.Request) -> bytes:
         if connection.timed_out:
             raise httpx2.ReadTimeout("no data within the read timeout", request=request) from err
         raise httpx2.ReadError(str(err), request=request) from err
+    if not data:
+        return False
+    try:
+        parser.feed_data(data)
+    except httptools.HttpParserError as err:
+        raise httpx2.RemoteProtocolError(str(err), request=request) from err
+    return True
 
 
 class LeanTransport(httpx2.BaseTransport):
@@ -480,19 +483,12 @@ class LeanTransport(httpx2.BaseTransport):
 
         connection.arm(timeouts.get("read"))
         exchange = _Exchange()
-        parser = exchange.parser
-        recv = connection.recv
         try:
             while not exchange.headers_done:
-                data = _read(connection, recv, request)
-                if not data:
+                if not _pull(connection, exchange.parser, request):
                     raise httpx2.RemoteProtocolError(
                         "server disconnected without sending a response", request=request
                     )
-                try:
-                    parser.feed_data(data)
-                except httptools.HttpParserError as err:
-                    raise httpx2.RemoteProtocolError(str(err), request=request) from err
         except BaseException:
             exchange.release()
             raise
