@@ -9,6 +9,7 @@ must equal completed + client_closed.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -125,3 +126,29 @@ class EmulatorCounters:
         if end is None:
             raise RuntimeError(f"the emulator at {self.base_url} stopped answering")
         return emulator_counts(end) - emulator_counts(self.baseline)
+
+
+def reconcile_run(aggregate: Aggregate, counters: EmulatorCounters) -> dict[str, Any]:
+    """Compare every attempt the harness made with what the emulator counted meanwhile.
+
+    Prints the verdict (to stderr: stdout belongs to Locust) and returns the summary's
+    ``accounting`` section.
+    """
+    theirs = counters.during_run()
+    problems = reconcile(aggregate, theirs)
+    received = sum(n for (_, _, counter), n in theirs.items() if counter == "received")
+    if problems:
+        print("accounting: the harness and the emulator disagree:", file=sys.stderr, flush=True)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr, flush=True)
+    else:
+        print(
+            f"accounting: all {received} attempts match the emulator's counters",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {
+        "emulator_received": received,
+        "harness_sent": sent_attempts(aggregate),
+        "mismatches": problems,
+    }

@@ -21,7 +21,7 @@ from locust import events
 from locust import stats as locust_stats
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
-from loadkit.accounting import EmulatorCounters, reconcile, sent_attempts
+from loadkit.accounting import EmulatorCounters, reconcile_run
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.gctune import tune_gc
@@ -212,7 +212,7 @@ def _finish(environment: Any) -> None:
     data = summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)
     print("\n" + format_table(data), flush=True)
     if STATE.emulator_counters is not None:
-        data["accounting"] = _reconcile_with_emulator(STATE.emulator_counters)
+        data["accounting"] = reconcile_run(STATE.aggregate, STATE.emulator_counters)
     sink = influx.summary()
     if sink is not None:
         data["influxdb"] = sink
@@ -239,24 +239,6 @@ def _finish(environment: Any) -> None:
     if path:
         write_json(data, path)
         print(f"loadkit: summary written to {path}", flush=True)
-
-
-def _reconcile_with_emulator(counters: EmulatorCounters) -> dict[str, Any]:
-    """Compare every attempt the harness made with what the emulator counted meanwhile."""
-    theirs = counters.during_run()
-    problems = reconcile(STATE.aggregate, theirs)
-    received = sum(n for (_, _, counter), n in theirs.items() if counter == "received")
-    if problems:
-        print("accounting: the harness and the emulator disagree:", flush=True)
-        for line in problems:
-            print(f"  {line}", flush=True)
-    else:
-        print(f"accounting: all {received} attempts match the emulator's counters", flush=True)
-    return {
-        "emulator_received": received,
-        "harness_sent": sent_attempts(STATE.aggregate),
-        "mismatches": problems,
-    }
 
 
 @events.test_stop.add_listener
