@@ -77,7 +77,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
             (
                 "A",
                 f'SELECT count("attempts") AS "errors" FROM "llm_request" WHERE '
-                f"\"outcome\" != 'ok' AND {SELECTED} "
+                f"\"outcome\" != 'ok' AND \"outcome\" != 'cancelled' AND {SELECTED} "
                 f'GROUP BY time({WINDOW}), "outcome" fill(none)',
             )
         ],
@@ -96,6 +96,11 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
                 "B",
                 f'SELECT count("attempts") AS "fell_back" FROM "llm_request" WHERE '
                 f"\"fallback\" = 'true' AND {SELECTED} GROUP BY time({WINDOW}) fill(0)",
+            ),
+            (
+                "C",
+                f'SELECT sum("responses_429") AS "responses_429" FROM "llm_request" WHERE '
+                f"{SELECTED} GROUP BY time({WINDOW}) fill(0)",
             ),
         ],
     ),

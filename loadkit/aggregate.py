@@ -22,12 +22,16 @@ SKETCHES = (
     "itl_ms",
     "queue_ms",
     "schedule_ttft_ms",
-    # split by how a successful request was served: at the speed asked for, or fallen back
+    # split by how a request was served (``ResultRecord.served_as_asked``): at the speed
+    # asked for, or fallen back to another
     "ttft_ms_as_asked",
+    "otps_as_asked",
     "e2e_ms_as_asked",
     "ttft_ms_fell_back",
+    "otps_fell_back",
     "e2e_ms_fell_back",
 )
+SERVED = ("as_asked", "fell_back")
 TOTALS = (
     "requests",
     "input_tokens",
@@ -85,7 +89,11 @@ class Group:
             self.violations.update(violations)
         if good:
             totals["good"] += 1
-        totals["requests"] += 1
+        totals["requests"] += 1  # every request, cancelled ones included
+        cancelled = record.outcome is Outcome.CANCELLED
+        how = "as_asked" if record.served_as_asked else "fell_back"
+        if not cancelled:
+            totals[f"served_{how}"] += 1
         totals["input_tokens"] += record.input_tokens
         totals["output_tokens"] += record.output_tokens
         totals["cache_read_input_tokens"] += record.cache_read_input_tokens
@@ -99,6 +107,8 @@ class Group:
                 tally[f"{attempt.speed}/{attempt_outcome(attempt.status)}"] += 1
             last = attempts[-1]
             tally[f"{last.speed}/{record.outcome.value if last.sent else UNSENT}"] += 1
+            # answers with status 429, whatever the request did next (retry, fall back)
+            totals["responses_429"] += sum(1 for a in attempts if a.status == 429)
         totals["fallbacks"] += record.fell_back
         totals["cache_tokens_lost"] += record.cache_tokens_lost
         self.cost_usd += record.cost_usd
@@ -109,20 +119,19 @@ class Group:
         ttft = record.ttft_ms
         if ttft is not None:
             sketches["ttft_ms"].add(ttft)
+            sketches[f"ttft_ms_{how}"].add(ttft)
             schedule_ttft = record.schedule_ttft_ms
             if schedule_ttft is not None:
                 sketches["schedule_ttft_ms"].add(schedule_ttft)
         otps = record.otps
         if otps is not None:
             sketches["otps"].add(otps)
+            sketches[f"otps_{how}"].add(otps)
         if record.ok:
             e2e = record.e2e_ms
             if e2e is not None:
                 sketches["e2e_ms"].add(e2e)
-                how = "fell_back" if record.fell_back else "as_asked"
                 sketches[f"e2e_ms_{how}"].add(e2e)
-                if ttft is not None:
-                    sketches[f"ttft_ms_{how}"].add(ttft)
         itl = sketches["itl_ms"]
         for gap in record.itl_ns:
             itl.add(gap / 1e6)

@@ -90,6 +90,13 @@ class ResultRecord:
         return None
 
     @property
+    def served_as_asked(self) -> bool:
+        """Served at the speed asked for: the server's ``usage.speed`` decides; without it,
+        the speed of the last attempt (a request that fell back was last sent at another)."""
+        served = self.served_speed or (self.attempts[-1].speed if self.attempts else self.speed)
+        return served == self.speed
+
+    @property
     def ok(self) -> bool:
         return self.outcome is Outcome.OK
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from loadkit.aggregate import Aggregate, Group
+from loadkit.aggregate import SERVED, Aggregate, Group
 from loadkit.fallback import FallbackSettings
 from loadkit.fallback_checks import amplification_bound
 
@@ -16,11 +16,36 @@ def _q(group: Group, sketch: str, q: float) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def _served_figures(group: Group, how: str) -> dict[str, Any]:
+    return {
+        "requests": group.totals[f"served_{how}"],
+        "ttft_ms": {
+            "p50": _q(group, f"ttft_ms_{how}", 0.5),
+            "p90": _q(group, f"ttft_ms_{how}", 0.9),
+            "p99": _q(group, f"ttft_ms_{how}", 0.99),
+        },
+        "otps": {
+            "p10": _q(group, f"otps_{how}", 0.1),
+            "p50": _q(group, f"otps_{how}", 0.5),
+            "p90": _q(group, f"otps_{how}", 0.9),
+        },
+        "e2e_ms": {"p50": _q(group, f"e2e_ms_{how}", 0.5), "p99": _q(group, f"e2e_ms_{how}", 0.99)},
+    }
+
+
 def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
+    """The figures of one model x speed (or of all of them).
+
+    ``requests`` are the requests that ended, completed or failed: the ones Locust's own
+    statistics count. A request cut by the end of the run is ``cancelled``, counted apart and
+    never a failure. ``ttft_ms``, ``otps`` and ``e2e_ms`` cover every request as its user
+    waited for it; ``served`` splits them by how the server served it (``usage.speed``): at
+    the speed asked for, or fallen back to another.
+    """
     totals = group.totals
-    requests = totals["requests"]
+    cancelled = group.outcomes.get("cancelled", 0)
+    requests = totals["requests"] - cancelled
     ok = group.outcomes.get("ok", 0)
-    finished = requests - group.outcomes.get("cancelled", 0)  # cut by the end of the run
     prompt_tokens = (
         totals["input_tokens"]
         + totals["cache_read_input_tokens"]
@@ -30,13 +55,19 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
         name: int(value) if value.isdigit() else value
         for name, (value, _) in group.headroom.items()
     }
+    served = {how: _served_figures(group, how) for how in SERVED}
     return {
         "requests": requests,
         "ok": ok,
         "failures": requests - ok,
+        "failure_ratio": round((requests - ok) / requests, 6) if requests else 0.0,
+        "cancelled": cancelled,
         "outcomes": dict(group.outcomes),
-        "failures_by_type": dict(group.errors),
+        "failures_by_type": {
+            k: v for k, v in group.errors.items() if not k.startswith("cancelled")
+        },
         "rate_limited": group.outcomes.get("rate_limited", 0),
+        "responses_429": totals["responses_429"],
         "attempts": totals["attempts"],
         "fallbacks": totals["fallbacks"],
         "ttft_ms": {
@@ -50,6 +81,7 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
             "p90": _q(group, "otps", 0.9),
         },
         "e2e_ms": {"p50": _q(group, "e2e_ms", 0.5), "p99": _q(group, "e2e_ms", 0.99)},
+        "served": served,
         "itl_ms": {"p50": _q(group, "itl_ms", 0.5), "p99": _q(group, "itl_ms", 0.99)},
         "queue_ms": {"p50": _q(group, "queue_ms", 0.5), "p99": _q(group, "queue_ms", 0.99)},
         "schedule_ttft_ms": {
@@ -71,24 +103,10 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
         "fallback": {
             "fell_back": totals["fallbacks"],
             "fallback_rate": round(totals["fallbacks"] / requests, 4) if requests else None,
-            "success_rate": round(ok / finished, 4) if finished else None,
-            "attempts_per_request": round(totals["attempts"] / requests, 4) if requests else None,
-            "ttft_ms_as_asked": {
-                "p50": _q(group, "ttft_ms_as_asked", 0.5),
-                "p99": _q(group, "ttft_ms_as_asked", 0.99),
-            },
-            "ttft_ms_fell_back": {
-                "p50": _q(group, "ttft_ms_fell_back", 0.5),
-                "p99": _q(group, "ttft_ms_fell_back", 0.99),
-            },
-            "e2e_ms_as_asked": {
-                "p50": _q(group, "e2e_ms_as_asked", 0.5),
-                "p99": _q(group, "e2e_ms_as_asked", 0.99),
-            },
-            "e2e_ms_fell_back": {
-                "p50": _q(group, "e2e_ms_fell_back", 0.5),
-                "p99": _q(group, "e2e_ms_fell_back", 0.99),
-            },
+            "success_rate": round(ok / requests, 4) if requests else None,
+            "attempts_per_request": round(totals["attempts"] / totals["requests"], 4)
+            if totals["requests"]
+            else None,
             "wait_s": round(totals["wait_ms"] / 1000, 3),
             "cache_tokens_lost": totals["cache_tokens_lost"],
             "violations": dict(group.violations),
@@ -127,10 +145,13 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 COLUMNS = (
     ("model", 18),
-    ("speed", 8),
-    ("reqs", 6),
-    ("fail", 5),
-    ("429", 5),
+    ("speed", 9),
+    ("served", 22),
+    ("reqs", 7),
+    ("fail", 6),
+    ("cancel", 7),
+    ("429 resp", 9),
+    ("429 end", 8),
     ("TTFT p50", 9),
     ("p90", 8),
     ("p99", 8),
@@ -143,49 +164,98 @@ COLUMNS = (
     ("cache hit", 11),
     ("cost $", 10),
 )
+TEXT_COLUMNS = 3  # left-aligned
 
 
-def _row(model: str, speed: str, f: dict[str, Any]) -> list[str]:
-    hit = f["cache_hit_ratio"]
+def served_label(speed: str, how: str) -> str:
+    if how == "as_asked":
+        return "as asked"
+    return "fell back" if not speed else f"fell back ({'standard' if speed == 'fast' else 'fast'})"
+
+
+def table_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows every view shows: per model x speed, then all; a row with requests that fell
+    back is split into one row per way of serving (its counts on the first)."""
+    rows: list[dict[str, Any]] = []
+    for group in [*data["groups"], {"model": "all", "speed": "", **data["total"]}]:
+        split = group["served"]["fell_back"]["requests"] > 0
+        for how in SERVED if split else ("as_asked",):
+            timing = group["served"][how] if split else group
+            rows.append(
+                {
+                    "model": group["model"],
+                    "speed": group["speed"],
+                    "served": served_label(group["speed"], how) if split else "",
+                    "requests": timing["requests"],
+                    "failures": group["failures"] if how == "as_asked" else None,
+                    "cancelled": group["cancelled"] if how == "as_asked" else None,
+                    "responses_429": group["responses_429"] if how == "as_asked" else None,
+                    "rate_limited": group["rate_limited"] if how == "as_asked" else None,
+                    "ttft_ms": timing["ttft_ms"],
+                    "otps": timing["otps"],
+                    "e2e_ms": timing["e2e_ms"],
+                    "output_tokens_per_s": group["output_tokens_per_s"]
+                    if how == "as_asked"
+                    else None,
+                    "cache_hit_ratio": group["cache_hit_ratio"] if how == "as_asked" else None,
+                    "cost_usd": group["cost_usd"] if how == "as_asked" else None,
+                    "failures_by_type": group["failures_by_type"] if how == "as_asked" else {},
+                }
+            )
+    return rows
+
+
+def _count(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    hit = row["cache_hit_ratio"]
+    cost = row["cost_usd"]
     return [
-        model,
-        speed,
-        str(f["requests"]),
-        str(f["failures"]),
-        str(f["rate_limited"]),
-        _fmt(f["ttft_ms"]["p50"]),
-        _fmt(f["ttft_ms"]["p90"]),
-        _fmt(f["ttft_ms"]["p99"]),
-        _fmt(f["otps"]["p10"], 1),
-        _fmt(f["otps"]["p50"], 1),
-        _fmt(f["otps"]["p90"], 1),
-        _fmt(f["e2e_ms"]["p50"]),
-        _fmt(f["e2e_ms"]["p99"]),
-        _fmt(f["output_tokens_per_s"], 1),
-        "-" if hit is None else f"{hit:.1%}",
-        f"{f['cost_usd']:.4f}",
-    ]
+        row["model"],
+        row["speed"],
+        row["served"],
+        _count(row["requests"]),
+        _count(row["failures"]),
+        _count(row["cancelled"]),
+        _count(row["responses_429"]),
+        _count(row["rate_limited"]),
+        _fmt(row["ttft_ms"]["p50"]),
+        _fmt(row["ttft_ms"]["p90"]),
+        _fmt(row["ttft_ms"]["p99"]),
+        _fmt(row["otps"]["p10"], 1),
+        _fmt(row["otps"]["p50"], 1),
+        _fmt(row["otps"]["p90"], 1),
+        _fmt(row["e2e_ms"]["p50"]),
+        _fmt(row["e2e_ms"]["p99"]),
+        "" if row["output_tokens_per_s"] is None else _fmt(row["output_tokens_per_s"], 1),
+        "" if row["requests"] is None or row["failures"] is None else
+        ("-" if hit is None else f"{hit:.1%}"),
+        "" if cost is None else f"{cost:.4f}",
+    ]  # fmt: skip
+
+
+def _line(cells: list[str]) -> str:
+    return "".join(
+        cell.ljust(width) if i < TEXT_COLUMNS else cell.rjust(width)
+        for i, (cell, (_, width)) in enumerate(zip(cells, COLUMNS, strict=True))
+    ).rstrip()
 
 
 def format_table(data: dict[str, Any]) -> str:
+    total = data["total"]
     lines = [
-        f"loadkit summary - run {data['run_id']}, {data['duration_s']:.1f} s "
-        "(TTFT and E2E in ms, OTPS in output tokens/s per request)"
+        f"loadkit summary - run {data['run_id']}, {data['duration_s']:.1f} s: "
+        f"{total['requests']} requests ended ({total['ok']} ok, {total['failures']} failed), "
+        f"{total['cancelled']} cancelled by the end of the run",
+        "(reqs: requests that ended; cancel: cut by the run's end, not failures; 429 resp: "
+        "answers with status 429, retried or not; 429 end: requests that ended rate-limited; "
+        "TTFT and E2E in ms, OTPS in output tokens/s per request)",
+        _line([name for name, _ in COLUMNS]),
     ]
-    header = "".join(
-        name.rjust(width) if i > 1 else name.ljust(width) for i, (name, width) in enumerate(COLUMNS)
-    )
-    lines.append(header)
-    rows = [_row(g["model"], g["speed"], g) for g in data["groups"]]
-    rows.append(_row("all", "", data["total"]))
-    for row in rows:
-        lines.append(
-            "".join(
-                cell.rjust(width) if i > 1 else cell.ljust(width)
-                for i, (cell, (_, width)) in enumerate(zip(row, COLUMNS, strict=True))
-            )
-        )
-    failures = data["total"]["failures_by_type"]
+    lines.extend(_line(_cells(row)) for row in table_rows(data))
+    failures = total["failures_by_type"]
     if failures:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in sorted(failures.items())))
     if "policy" in data and data["policy"]["policy"] != "none":
@@ -198,20 +268,13 @@ def format_fallback(data: dict[str, Any]) -> list[str]:
     lines = [
         f"fallback policy {policy['policy']}: {policy['amplification']} attempts per request "
         f"(bound {policy['amplification_bound']})",
-        "model             speed     success  fell back  TTFT p50/p99 as asked  "
-        "fell back   E2E p50/p99 as asked   fell back   waits s  cache lost",
+        "model             speed     success  fell back   waits s  cache lost",
     ]
-
-    def pair(figures: dict[str, Any]) -> str:
-        return f"{_fmt(figures['p50'])}/{_fmt(figures['p99'])}"
-
     for group in [*data["groups"], {"model": "all", "speed": "", **data["total"]}]:
         fb = group["fallback"]
         lines.append(
             f"{group['model']:<18}{group['speed']:<8}"
             f"{(fb['success_rate'] or 0):>9.1%}{(fb['fallback_rate'] or 0):>11.1%}"
-            f"{pair(fb['ttft_ms_as_asked']):>23}{pair(fb['ttft_ms_fell_back']):>12}"
-            f"{pair(fb['e2e_ms_as_asked']):>23}{pair(fb['e2e_ms_fell_back']):>12}"
             f"{fb['wait_s']:>10.1f}{fb['cache_tokens_lost']:>12,}"
         )
     violations = data["total"]["fallback"]["violations"]

@@ -192,4 +192,5 @@ def test_validation_scenario_catches_a_wrong_policy(tmp_path: Path) -> None:
     )
     assert result.returncode == 3
     assert any("retry sooner than retry-after" in line for line in data["breaches"])
-    assert "BREACH: policy retry: retry sooner than retry-after" in result.stdout
+    assert "BREACH: policy retry followed: retry sooner than retry-after" in result.stderr
+    assert "FAIL policy retry followed: retry sooner than retry-after" in result.stderr

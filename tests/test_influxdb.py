@@ -74,10 +74,12 @@ def check_points_equal_records(victoria: VictoriaMetrics, data: dict[str, Any]) 
     # VictoriaMetrics makes freshly written rows searchable a moment later.
     deadline = time.monotonic() + 15
     attempts = exported(victoria, "attempts", run_id)
-    while len(attempts) < total["requests"] and time.monotonic() < deadline:
+    # one point per request, those cancelled by the end of the run included
+    points = total["requests"] + total["cancelled"]
+    while len(attempts) < points and time.monotonic() < deadline:
         time.sleep(0.5)
         attempts = exported(victoria, "attempts", run_id)
-    assert len(attempts) == total["requests"] > 20
+    assert len(attempts) == points and total["requests"] > 20
     assert Counter(m["outcome"] for m, _ in attempts) == Counter(total["outcomes"])
     assert sum(v for _, v in attempts) == total["attempts"]
     output = exported(victoria, "output_tokens", run_id)
@@ -87,7 +89,9 @@ def check_points_equal_records(victoria: VictoriaMetrics, data: dict[str, Any]) 
     cost = sum(v for _, v in exported(victoria, "cost_usd", run_id))
     assert cost == pytest.approx(total["cost_usd"], rel=1e-6)
     by_group = Counter((m["model"], m["speed"]) for m, _ in attempts)
-    assert by_group == Counter({(g["model"], g["speed"]): g["requests"] for g in data["groups"]})
+    assert by_group == Counter(
+        {(g["model"], g["speed"]): g["requests"] + g["cancelled"] for g in data["groups"]}
+    )
     ttfts = sorted(v for _, v in exported(victoria, "ttft_ms", run_id))
     assert ttfts and ttfts[len(ttfts) // 2] == pytest.approx(total["ttft_ms"]["p50"], rel=0.05)
     assert data["influxdb"]["dropped"] == 0
@@ -219,11 +223,11 @@ def test_every_dashboard_query_runs_on_influxdb_1(
     p50s = column("TTFT p50 / p95 / p99 by model x speed/A", "p50")
     assert min(p50s) > 50 and max(p50s) < 5000
     requests = sum(column("Requests / s by outcome/A", "requests_per_s")) * 10
-    assert requests == pytest.approx(total["requests"])
+    assert requests == pytest.approx(total["requests"] + total["cancelled"])  # by outcome
     output = sum(column("Output tokens / s/A", "output_tokens_per_s")) * 10
     assert output == pytest.approx(total["output_tokens"])
     errors = sum(column("Errors by type/A", "errors"))
-    assert errors == total["requests"] - total["ok"]
+    assert errors == total["failures"]  # cancellations are not errors
     assert max(column("Users/A", "users")) == 12
     assert column("Cumulative estimated cost (USD)/A", "cost_usd")[-1] == pytest.approx(
         total["cost_usd"], rel=1e-6
@@ -232,6 +236,8 @@ def test_every_dashboard_query_runs_on_influxdb_1(
     assert headroom and max(headroom) <= 60
     assert sum(column("429s and fallbacks/A", "rate_limited")) == total["rate_limited"] > 0
     assert sum(column("429s and fallbacks/B", "fell_back")) == total["fallback"]["fell_back"] > 0
+    assert sum(column("429s and fallbacks/C", "responses_429")) == total["responses_429"]
+    assert total["responses_429"] >= total["rate_limited"]
 
 
 def test_compose_provisioning_and_code_agree() -> None:

@@ -64,20 +64,66 @@ def test_standalone_run_accounts_for_every_request(tmp_path: Path, stack: str) -
     accounting = data["accounting"]
     assert accounting["emulator_received"] == accounting["harness_sent"]
     # A request interrupted before it was fully written never reached the server.
-    assert total["requests"] == total["attempts"] >= accounting["harness_sent"]
-    assert total["requests"] - accounting["harness_sent"] <= total["outcomes"].get("cancelled", 0)
-    assert total["requests"] == sum(total["outcomes"].values()) > 50
+    started = total["requests"] + total["cancelled"]
+    assert started == total["attempts"] >= accounting["harness_sent"]
+    assert started - accounting["harness_sent"] <= total["cancelled"]
+    assert started == sum(total["outcomes"].values()) and total["requests"] > 50
     assert set(total["outcomes"]) <= {"ok", "cancelled"}
     # -t is honoured (not cut short by a stale loop clock after the imports).
     assert 5.9 <= data["duration_s"] <= 7.5 and elapsed >= 6
-    # Locust's own tables hold the same requests, and a TTFT entry per model x speed.
+    # Locust's own tables hold the same requests, one entry each, named <model> <speed>:
+    # the ones that ended (cancellations at the end are not Locust failures).
     with open(tmp_path / "run_stats.csv") as handle:
         rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(handle)}
-    llm_rows = [r for (kind, _), r in rows.items() if kind == "LLM"]
-    assert sum(int(r["Request Count"]) for r in llm_rows) == total["requests"]
-    assert ("TTFT", "claude-haiku-4-5 standard") in rows
-    assert ("TTFT", "claude-opus-4-6 fast") in rows
-    assert "loadkit summary" in result.stdout and "accounting: all" in result.stdout
+    aggregated = rows.pop(("", "Aggregated"))
+    assert {kind for kind, _ in rows} == {"LLM"}
+    groups = {f"{g['model']} {g['speed']}": g for g in data["groups"]}
+    assert {name for _, name in rows} == set(groups)
+    for (_, name), row in rows.items():
+        assert int(row["Request Count"]) == groups[name]["requests"]
+        assert int(row["Failure Count"]) == groups[name]["failures"] == 0
+    assert int(aggregated["Request Count"]) == total["requests"]
+    assert "loadkit summary" in result.stderr and "accounting: all" in result.stderr
+
+
+def test_locust_views_equal_loadkits_and_stdout_stays_json(tmp_path: Path) -> None:
+    """One Locust entry per request (response time E2E, length output tokens), failures
+    included; Locust's counts, failure ratio and requests/s equal loadkit's; stdout holds
+    only Locust's ``--json`` output."""
+    config = write_yaml(
+        tmp_path / "emulator.yaml",
+        {**QUICK_EMULATOR, "faults": {"midstream_error_rate": 0.2}},
+    )
+    result, data = locust(
+        tmp_path, "-u", "10", "-r", "10", "-t", "5s", "--stop-timeout", "10s", "--json",
+        "--csv", str(tmp_path / "run"), "--workload", "workloads/ci.yaml",
+        "--emulator-config", str(config),
+    )  # fmt: skip
+    assert data is not None, result.stderr[-3000:]
+    stats = json.loads(result.stdout)  # nothing but Locust's JSON on stdout
+    assert "loadkit summary" in result.stderr
+    total = data["total"]
+    entries = {entry["name"]: entry for entry in stats}
+    groups = {f"{g['model']} {g['speed']}": g for g in data["groups"]}
+    assert set(entries) == set(groups) and {e["method"] for e in stats} == {"LLM"}
+    for name, entry in entries.items():
+        group = groups[name]
+        assert entry["num_requests"] == group["requests"] > 0
+        assert entry["num_failures"] == group["failures"]
+        assert entry["total_content_length"] == group["output_tokens"]
+    assert total["failures"] > 0 and total["cancelled"] == 0  # --stop-timeout: none cut
+    assert sum(e["num_requests"] for e in stats) == total["requests"]
+    assert sum(e["num_failures"] for e in stats) / total["requests"] == pytest.approx(
+        total["failure_ratio"], abs=1e-6
+    )
+    # Locust's requests/s spans the run's start to its last request; loadkit's to the run's
+    # stop, which --stop-timeout makes the moment the last stream ended (give or take).
+    with open(tmp_path / "run_stats.csv") as handle:
+        aggregated = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+    assert int(aggregated["Request Count"]) == total["requests"]
+    assert float(aggregated["Requests/s"]) == pytest.approx(total["requests_per_s"], rel=0.03)
+    # Failures are Locust failures with their outcome; Locust's exit code says so.
+    assert result.returncode == 1
 
 
 def test_distributed_run_merges_counts_and_sketches(tmp_path: Path) -> None:

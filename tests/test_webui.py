@@ -99,11 +99,32 @@ def test_llm_tab_with_workload_chosen_in_the_form(
     # The workload chosen in the form reached both workers: only ci.yaml's models ran.
     assert "claude-haiku-4-5 standard" in rows and "claude-opus-4-6 fast" in rows
     assert not any("sonnet" in name for name in rows)
-    haiku = rows["claude-haiku-4-5 standard"]
-    assert int(haiku[1]) > 0 and float(haiku[4].replace(",", "")) > 100  # requests, TTFT p50
+    haiku = dict(zip(headers, rows["claude-haiku-4-5 standard"], strict=True))
+    assert int(haiku["Requests"]) > 0 and float(haiku["TTFT p50 ms"]) > 100  # plain numbers
     deadline = time.monotonic() + 15
     while "loadkit summary" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
     text = log.read_text()
     assert "loadkit summary" in text and "accounting: all" in text
     assert SECRET not in text
+
+
+def test_a_refused_start_says_why_in_the_form(web_locust: tuple[str, Path]) -> None:
+    """A start loadkit refuses (here a workload file that does not exist) shows its reason in
+    the start form, and nothing starts."""
+    url, log = web_locust
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 900})
+        page.goto(url)
+        page.fill("input[name=userCount]", "2")
+        page.get_by_text("Custom parameters").click()
+        page.fill("input[name=workload]", "workloads/no-such-file.yaml")
+        page.get_by_role("button", name="Start").click()
+        page.get_by_text("no-such-file.yaml").first.wait_for(timeout=15_000)
+        shown = page.content()
+        browser.close()
+    assert "loadkit:" in shown
+    state = httpx2.get(f"{url}/stats/requests", timeout=5).json()["state"]
+    assert state in ("ready", "stopped")
+    assert "loadkit run" not in log.read_text()  # no run was prepared

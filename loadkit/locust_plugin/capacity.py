@@ -24,6 +24,7 @@ from loadkit.aggregate import Aggregate, Slice, combine
 from loadkit.arrivals import ArrivalSchedule
 from loadkit.budget import Budget, worst_case_cost
 from loadkit.client import RequestSpec
+from loadkit.locust_plugin.console import say
 from loadkit.record import ResultRecord
 from loadkit.report import WINDOW_S as REPORT_WINDOW_S
 from loadkit.report import write_report
@@ -128,6 +129,15 @@ def _plan(options: Any) -> SweepPlan | None:
     )
 
 
+def check_spending_cap(target: str, max_cost_usd: float) -> None:
+    """A target that is not loopback may cost money: it needs a cap."""
+    host = urlparse(target).hostname or ""
+    if host not in LOOPBACK and max_cost_usd <= 0:
+        raise SLOError(
+            f"the target {host} is not loopback: give --max-cost-usd to cap the estimated spend"
+        )
+
+
 def prepare_master(environment: Any, workload_slos: list[str], target: str) -> None:
     """On the master (or local runner) at each start: validate and forward the settings."""
     options = environment.parsed_options
@@ -140,11 +150,7 @@ def prepare_master(environment: Any, workload_slos: list[str], target: str) -> N
             raise SLOError("--sweep users steps closed-loop users: leave out --arrival-rate")
         if environment.shape_class is None:
             raise SLOError("--sweep needs the sweep load shape: use -f locustfiles/sweep.py")
-    host = urlparse(target).hostname or ""
-    if host not in LOOPBACK and options.max_cost_usd <= 0:
-        raise SLOError(
-            f"the target {host} is not loopback: give --max-cost-usd to cap the estimated spend"
-        )
+    check_spending_cap(target, options.max_cost_usd)
     now = time.time()
     options.loadkit_run_start = now
     options.loadkit_sweep_start = now
@@ -254,7 +260,7 @@ def stop_for_budget(environment: Any) -> None:
     _Guard.stopping = True
     settings = SETTINGS
     cap = settings.budget.cap_usd if settings and settings.budget else 0
-    print(f"cost guard: the next request would pass the ${cap:.4f} cap; stopping", flush=True)
+    say(f"cost guard: the next request would pass the ${cap:.4f} cap; stopping")
     runner = environment.runner
     gevent.spawn(runner.quit if environment.parsed_options.headless else runner.stop)
 
@@ -274,6 +280,9 @@ def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
 class SweepShape(LoadTestShape):
     """Steps users (or holds them while the rate steps) and ends the sweep early once two
     steps in a row, or one by a wide margin, broke an SLO."""
+
+    # -u is read (the users that share a rate sweep's arrivals): Locust must not call it ignored
+    use_common_options = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -320,14 +329,13 @@ def finish(environment: Any, aggregate: Aggregate, data: dict[str, Any]) -> list
             "start_lateness_ms_p99": aggregate.start_lateness.quantile(0.99),
         }
         open_loop = data["open_loop"]
-        print(
+        say(
             f"open loop: {open_loop.get('scheduled', 0)} started, {open_loop.get('late', 0)} of "
             f"them more than {LATE_START_MS:g} ms late ({open_loop.get('cap_waits', 0)} waited "
             f"for the in-flight cap), {open_loop.get('not_started', 0)} due but not started "
             f"when the run ended; start lateness p50 "
             f"{open_loop['start_lateness_ms_p50'] or 0:.2f} ms, p99 "
-            f"{open_loop['start_lateness_ms_p99'] or 0:.2f} ms",
-            flush=True,
+            f"{open_loop['start_lateness_ms_p99'] or 0:.2f} ms"
         )
     slos = settings.slos if settings else []
     plan = _plan(options)
@@ -335,21 +343,21 @@ def finish(environment: Any, aggregate: Aggregate, data: dict[str, Any]) -> list
         elapsed = (aggregate.ended_at or time.time()) - getattr(options, "loadkit_sweep_start", 0)
         completed = min(plan.steps, int(elapsed // plan.step_duration_s + 1e-6))
         data["sweep"] = analyse(plan, aggregate, slos, completed)
-        print(format_sweep(data["sweep"]), flush=True)
+        say(format_sweep(data["sweep"]))
     breaches: list[str] = []
     if slos:
         verdicts = judge(aggregate, slos)
         good = aggregate.total().totals["good"]
         data["slos"] = slo_summary(verdicts, good, aggregate.elapsed_s)
         for verdict in verdicts:
-            print(verdict.line(), flush=True)
-        print(f"goodput: {data['slos']['goodput_per_s']} requests/s met every SLO", flush=True)
+            say(verdict.line())
+        say(f"goodput: {data['slos']['goodput_per_s']} requests/s met every SLO")
         breaches = [v.line() for v in verdicts if not v.passed]
         if options.junit:
             Path(options.junit).write_text(
                 junit_xml(verdicts, data["run_id"], data["duration_s"]), encoding="utf-8"
             )
-            print(f"loadkit: JUnit results written to {options.junit}", flush=True)
+            say(f"loadkit: JUnit results written to {options.junit}")
     if (settings is not None and settings.budget is not None) or options.max_cost_usd > 0:
         data["cost_guard"] = {
             "cap_usd": options.max_cost_usd,
@@ -361,7 +369,7 @@ def finish(environment: Any, aggregate: Aggregate, data: dict[str, Any]) -> list
         data["over_time"] = over_time(windows)
     if options.report:
         write_report(aggregate, data, options.report)
-        print(f"loadkit: HTML report written to {options.report}", flush=True)
+        say(f"loadkit: HTML report written to {options.report}")
     return breaches
 
 

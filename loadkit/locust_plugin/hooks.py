@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,8 +25,8 @@ from loadkit.emulator.config import ConfigError, load_config
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.gctune import tune_gc
 from loadkit.locust_plugin import capacity, influx, webui
+from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.options import add_options
-from loadkit.locust_plugin.reporting import CANCELLED_MESSAGE
 from loadkit.locust_plugin.state import (
     STATE,
     fallback_settings,
@@ -62,7 +61,7 @@ def _options(parser: Any, **_: Any) -> None:
 def _fail_run(environment: Any, message: str) -> None:
     """A run that cannot start: say why, once, and end it with exit code 2."""
     log.error("%s", message)
-    print(f"loadkit: {message}", file=sys.stderr, flush=True)
+    say(f"loadkit: {message}")
     environment.process_exit_code = 2
     runner = environment.runner
     if environment.parsed_options and environment.parsed_options.headless:
@@ -92,18 +91,30 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
         _fail_run(environment, str(err))
 
 
+def _given_target(environment: Any) -> str:
+    """The target the operator named (option, Locust's host, environment), or ""."""
+    options = environment.parsed_options
+    host = environment.host or ""
+    if STATE.emulator is not None and host.rstrip("/") == STATE.emulator.base_url:
+        host = ""  # set by loadkit to the embedded emulator, not given
+    given = options.target_url or host or os.environ.get("ANTHROPIC_BASE_URL", "")
+    return str(given).rstrip("/")
+
+
 def _target(environment: Any) -> str:
     options = environment.parsed_options
-    given = options.target_url or environment.host or os.environ.get("ANTHROPIC_BASE_URL", "")
+    given = _given_target(environment)
     if given:
         options.loadkit_embedded_url = ""
-        return str(given).rstrip("/")
+        environment.host = given
+        return given
     if STATE.emulator is None:
         config_path = resolve_path(options.emulator_config) if options.emulator_config else None
         STATE.emulator = EmulatorProcess(config_path=config_path)
         STATE.emulator.start()
         log.info("loadkit: started the embedded emulator at %s", STATE.emulator.base_url)
     options.loadkit_embedded_url = STATE.emulator.base_url
+    environment.host = STATE.emulator.base_url  # Locust's own views name the target
     return STATE.emulator.base_url
 
 
@@ -210,23 +221,22 @@ def _finish(environment: Any) -> None:
     STATE.finished = True
     STATE.aggregate.ended_at = STATE.aggregate.ended_at or time.time()
     data = summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)
-    print("\n" + format_table(data), flush=True)
+    say("\n" + format_table(data))
     if STATE.emulator_counters is not None:
         data["accounting"] = reconcile_run(STATE.aggregate, STATE.emulator_counters)
     sink = influx.summary()
     if sink is not None:
         data["influxdb"] = sink
-        print(
+        say(
             f"influxdb: {sink['written']} points written, {sink['dropped']} dropped, "
-            f"{sink['failed_writes']} failed writes retried",
-            flush=True,
+            f"{sink['failed_writes']} failed writes retried"
         )
     verdict: int | None = None
     if END_CHECKS:
         breaches = [line for check in END_CHECKS for line in check(environment, data)]
         data["breaches"] = breaches
         for line in breaches:
-            print(f"BREACH: {line}", flush=True)
+            say(f"BREACH: {line}")
         # A scenario with checks is judged by them: expected failures (429s) do not fail it.
         verdict = EXIT_BREACH if breaches else 0
     slo_breaches = capacity.finish(environment, STATE.aggregate, data)
@@ -234,11 +244,11 @@ def _finish(environment: Any) -> None:
         verdict = capacity.EXIT_SLO if slo_breaches else 0
     if verdict is not None and environment.process_exit_code in (None, 0):
         environment.process_exit_code = verdict
-    print("", flush=True)
+    say("")
     path = environment.parsed_options.summary_json
     if path:
         write_json(data, path)
-        print(f"loadkit: summary written to {path}", flush=True)
+        say(f"loadkit: summary written to {path}")
 
 
 @events.test_stop.add_listener
@@ -269,12 +279,6 @@ def _quitting(environment: Any, **_: Any) -> None:
         # Locust's CSV writer refreshes its files every interval and does not write a last
         # time when it closes: let it run once more so the CSV holds every request.
         gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.1)
-    # Streams cut by the end of the run are reported (as cancelled) so that none vanish, but
-    # they are not errors of the system under test: alone they do not fail the run.
-    errors = runner.stats.errors.values() if runner is not None else []
-    real = [e for e in errors if CANCELLED_MESSAGE not in str(e.error)]
-    if environment.process_exit_code is None and errors and not real and not runner.exceptions:
-        environment.process_exit_code = 0
 
 
 influx.install()

@@ -13,7 +13,6 @@ from loadkit.record import Outcome, ResultRecord
 
 #: Fired with ``record=`` and ``environment=`` for every finished request (sinks listen here).
 result_event = EventHook()
-CANCELLED_MESSAGE = "cancelled: run ended"
 
 
 class RequestFailed(Exception):
@@ -21,33 +20,25 @@ class RequestFailed(Exception):
 
 
 def failure_message(record: ResultRecord) -> str:
-    if record.outcome is Outcome.CANCELLED:
-        return CANCELLED_MESSAGE
     return f"{record.outcome.value}: {record.error_type}"
 
 
 def report(environment: Any, record: ResultRecord) -> None:
-    name = f"{record.model} {record.speed}"
-    fire = environment.events.request.fire
-    e2e = record.e2e_ms
-    exception = None if record.ok else RequestFailed(failure_message(record))
-    fire(
-        request_type="LLM",
-        name=name,
-        response_time=e2e if e2e is not None else 0.0,
-        response_length=record.output_tokens,
-        exception=exception,
-        context={"request_id": record.request_id},
-    )
-    ttft = record.ttft_ms
-    if ttft is not None:
-        fire(
-            request_type="TTFT",
-            name=name,
-            response_time=ttft,
-            response_length=0,
-            exception=None,
-            context={},
+    """One Locust entry per request that ended, named ``<model> <speed>`` (the speed asked
+    for): response time = E2E, response length = output tokens (Locust's LLM convention).
+
+    A request cut by the end of the run is not in Locust's statistics: it did not fail, and
+    its partial time is no response time. loadkit's own views count it as cancelled.
+    """
+    if record.outcome is not Outcome.CANCELLED:
+        e2e = record.e2e_ms
+        environment.events.request.fire(
+            request_type="LLM",
+            name=f"{record.model} {record.speed}",
+            response_time=e2e if e2e is not None else 0.0,
+            response_length=record.output_tokens,
+            exception=None if record.ok else RequestFailed(failure_message(record)),
+            context={"request_id": record.request_id},
         )
     policy = STATE.policy
     violations = record_violations(record, policy.settings) if policy is not None else None

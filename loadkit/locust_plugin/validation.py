@@ -26,10 +26,13 @@ from locust.runners import WorkerRunner
 
 from loadkit.accounting import emulator_counts
 from loadkit.locust_plugin import hooks
+from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.state import STATE
 
 log = logging.getLogger("loadkit")
 RECOVERED_LIMIT_PER_MINUTE = 1e12
+SCENARIO_WORKLOAD = "workloads/fast-fallback.yaml"
+SCENARIO_EMULATOR_CONFIG = "workloads/emulator/fast-fallback.yaml"
 
 
 class _Recovery:
@@ -37,6 +40,7 @@ class _Recovery:
         self.greenlet: gevent.Greenlet | None = None
         self.baseline: dict[str, Any] | None = None  # emulator stats after the grace period
         self.recovered_at: float | None = None
+        self.error = ""  # why the recovery could not be driven
 
 
 RECOVERY = _Recovery()
@@ -69,11 +73,15 @@ def _drive_recovery(target: str, recover_at: float, grace: float) -> None:
             "output_tokens_per_minute": RECOVERED_LIMIT_PER_MINUTE,
         }
     }
-    httpx2.post(f"{target}/_emulator/config", json=patch, timeout=10).raise_for_status()
-    RECOVERY.recovered_at = time.time()
-    log.info("loadkit: fast-mode limit lifted at %.1f s", recover_at)
-    gevent.sleep(grace)
-    RECOVERY.baseline = _stats(target)
+    try:
+        httpx2.post(f"{target}/_emulator/config", json=patch, timeout=10).raise_for_status()
+        RECOVERY.recovered_at = time.time()
+        log.info("loadkit: fast-mode limit lifted at %.1f s", recover_at)
+        gevent.sleep(grace)
+        RECOVERY.baseline = _stats(target)
+    except (httpx2.HTTPError, ValueError) as err:
+        RECOVERY.error = f"{type(err).__name__}: {err}"
+        log.error("loadkit: the fast-mode limit could not be lifted: %s", RECOVERY.error)
 
 
 def _test_start(environment: Any, **_: Any) -> None:
@@ -82,6 +90,7 @@ def _test_start(environment: Any, **_: Any) -> None:
     if RECOVERY.greenlet is not None:
         RECOVERY.greenlet.kill(block=False)
     RECOVERY.baseline = RECOVERY.recovered_at = None
+    RECOVERY.error = ""
     options = environment.parsed_options
     target = getattr(options, "loadkit_target", "")
     if options.recover_at > 0 and target and STATE.emulator_counters is not None:
@@ -99,41 +108,92 @@ def _fast_429s(counts: Any) -> int:
 
 
 def check(environment: Any, data: dict[str, Any]) -> list[str]:
-    breaches: list[str] = []
+    """Run the end checks; print one PASS/FAIL line per check with its measured value."""
+    results: list[tuple[str, bool, str]] = []  # (check, passed, what was measured)
     total = data["total"]
     accounting = data.get("accounting")
     if accounting is None:
-        print("note: the target is not a loadkit emulator: accounting not checked", flush=True)
-    elif accounting["mismatches"]:
-        breaches.extend(f"accounting: {line}" for line in accounting["mismatches"])
-    fast_429s = total["attempt_outcomes"].get("fast/rate_limited", 0)
-    if not fast_429s:
-        breaches.append("no fast-mode 429 was provoked: the scenario proved nothing")
-    for kind, count in total["fallback"]["violations"].items():
-        breaches.append(f"policy {data['policy']['policy']}: {kind} ({count} requests)")
-    policy = data["policy"]
-    if (policy["amplification"] or 0) > policy["amplification_bound"]:
-        breaches.append(
-            f"retry amplification {policy['amplification']} attempts per request is over "
-            f"the bound {policy['amplification_bound']}"
+        say("note: the target is not a loadkit emulator: accounting not checked")
+    else:
+        mismatches = accounting["mismatches"]
+        results.append(
+            (
+                "accounting",
+                not mismatches,
+                f"{accounting['harness_sent']} attempts sent, {accounting['emulator_received']} "
+                f"received by the emulator"
+                + (": " + "; ".join(mismatches) if mismatches else ", every outcome matches"),
+            )
         )
+    fast_429s = total["attempt_outcomes"].get("fast/rate_limited", 0)
+    results.append(
+        (
+            "fast-mode 429s provoked",
+            fast_429s > 0,
+            f"{fast_429s} fast attempts answered 429"
+            + ("" if fast_429s else ": the scenario proved nothing"),
+        )
+    )
+    policy = data["policy"]
+    violations = total["fallback"]["violations"]
+    results.append(
+        (
+            f"policy {policy['policy']} followed",
+            not violations,
+            ", ".join(f"{kind} ({count} requests)" for kind, count in violations.items())
+            or "0 violations",
+        )
+    )
+    amplification = policy["amplification"] or 0
+    results.append(
+        (
+            "retry amplification",
+            amplification <= policy["amplification_bound"],
+            f"{amplification} attempts per request, bound {policy['amplification_bound']}",
+        )
+    )
     target = getattr(environment.parsed_options, "loadkit_target", "")
     if environment.parsed_options.recover_at > 0:
         if RECOVERY.baseline is None:
-            breaches.append("the run ended before the recovery and its grace period")
+            why = RECOVERY.error or "the run ended before the recovery and its grace period"
+            results.append(("no retry storm", False, why))
         else:
             after = emulator_counts(_stats(target)) - emulator_counts(RECOVERY.baseline)
             storm = _fast_429s(after)
-            if storm:
-                breaches.append(f"retry storm: {storm} fast 429s after the limit recovered")
-            if not any(counter == "received" and n for (_, _, counter), n in after.items()):
-                breaches.append("no traffic after the recovery: the storm check proved nothing")
-    data["validation"] = {"breaches": len(breaches), "fast_429_attempts": fast_429s}
+            received = sum(n for (_, _, counter), n in after.items() if counter == "received")
+            results.append(
+                ("no retry storm", not storm, f"{storm} fast 429s after the limit recovered")
+            )
+            results.append(
+                (
+                    "traffic after the recovery",
+                    received > 0,
+                    f"{received} attempts after the grace period"
+                    + ("" if received else ": the storm check proved nothing"),
+                )
+            )
+    for name, passed, measured in results:
+        say(f"{'PASS' if passed else 'FAIL'} {name}: {measured}")
+    breaches = [f"{name}: {measured}" for name, passed, measured in results if not passed]
+    data["validation"] = {
+        "breaches": len(breaches),
+        "fast_429_attempts": fast_429s,
+        "checks": [
+            {"check": name, "passed": passed, "measured": measured}
+            for name, passed, measured in results
+        ],
+    }
     return breaches
+
+
+def _scenario_defaults(parser: Any, **_: Any) -> None:
+    # The scenario runs as it stands: its own workload and emulator config (options override).
+    parser.set_defaults(workload=SCENARIO_WORKLOAD, emulator_config=SCENARIO_EMULATOR_CONFIG)
 
 
 def enable() -> None:
     """Turn a locustfile into the fast-mode fallback validation scenario."""
     events.init_command_line_parser.add_listener(_add_options)
+    events.init_command_line_parser.add_listener(_scenario_defaults)
     events.test_start.add_listener(_test_start)
     hooks.END_CHECKS.append(check)

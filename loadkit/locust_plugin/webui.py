@@ -5,16 +5,26 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from typing import Any
 
-from loadkit.locust_plugin.state import STATE
-from loadkit.summary import summary_data
+from loadkit.emulator.config import ConfigError, load_config
+from loadkit.locust_plugin.capacity import check_spending_cap
+from loadkit.locust_plugin.state import STATE, load_workload_option, resolve_path
+from loadkit.slo import SLOError, parse_slos
+from loadkit.summary import summary_data, table_rows
+from loadkit.workload import WorkloadError
 
 TAB = "llm"
+# Plain numbers (the tab shows them as they are, the CSV holds them as numbers).
 COLUMNS = [
     ("name", "Model x speed"),
+    ("served", "Served"),
     ("requests", "Requests"),
     ("failures", "Failures"),
+    ("cancelled", "Cancelled (run end)"),
+    ("responses_429", "429 responses"),
+    ("rate_limited", "Ended rate-limited"),
     ("failures_by_type", "Failures by type"),
     ("ttft_p50", "TTFT p50 ms"),
     ("ttft_p90", "TTFT p90 ms"),
@@ -26,49 +36,86 @@ COLUMNS = [
     ("e2e_p99", "E2E p99 ms"),
     ("input_tps", "Input tok/s"),
     ("output_tps", "Output tok/s"),
-    ("cache_hit", "Cache hit"),
-    ("rate_limited", "429s"),
+    ("cache_hit_pct", "Cache hit %"),
     ("cost_usd", "Est. cost $"),
 ]
 
 
-def _num(value: float | None, digits: int = 1) -> str:
-    return "" if value is None else f"{value:,.{digits}f}"
+def _num(value: float | None, digits: int = 1) -> float | str:
+    return "" if value is None else round(value, digits)
 
 
 def rows() -> list[dict[str, Any]]:
+    """The summary table's rows (``table_rows``), as plain numbers."""
     data = summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)
+    groups = {(g["model"], g["speed"]): g for g in data["groups"]}
+    groups[("all", "")] = data["total"]
     out = []
-    for group in [*data["groups"], {"model": "all", "speed": "", **data["total"]}]:
+    for row in table_rows(data):
+        group = groups[(row["model"], row["speed"])]
+        first = row["failures"] is not None
         hit = group["cache_hit_ratio"]
         out.append(
             {
-                "name": f"{group['model']} {group['speed']}".strip(),
-                "requests": group["requests"],
-                "failures": group["failures"],
+                "name": f"{row['model']} {row['speed']}".strip(),
+                "served": row["served"],
+                "requests": row["requests"],
+                "failures": row["failures"] if first else "",
+                "cancelled": row["cancelled"] if first else "",
+                "responses_429": row["responses_429"] if first else "",
+                "rate_limited": row["rate_limited"] if first else "",
                 "failures_by_type": ", ".join(
-                    f"{k} x{v}" for k, v in sorted(group["failures_by_type"].items())
+                    f"{k} x{v}" for k, v in sorted(row["failures_by_type"].items())
                 ),
-                "ttft_p50": _num(group["ttft_ms"]["p50"]),
-                "ttft_p90": _num(group["ttft_ms"]["p90"]),
-                "ttft_p99": _num(group["ttft_ms"]["p99"]),
-                "otps_p10": _num(group["otps"]["p10"]),
-                "otps_p50": _num(group["otps"]["p50"]),
-                "otps_p90": _num(group["otps"]["p90"]),
-                "e2e_p50": _num(group["e2e_ms"]["p50"]),
-                "e2e_p99": _num(group["e2e_ms"]["p99"]),
-                "input_tps": _num(group["input_tokens_per_s"]),
-                "output_tps": _num(group["output_tokens_per_s"]),
-                "cache_hit": "" if hit is None else f"{hit:.1%}",
-                "rate_limited": group["rate_limited"],
-                "cost_usd": f"{group['cost_usd']:.4f}",
+                "ttft_p50": _num(row["ttft_ms"]["p50"]),
+                "ttft_p90": _num(row["ttft_ms"]["p90"]),
+                "ttft_p99": _num(row["ttft_ms"]["p99"]),
+                "otps_p10": _num(row["otps"]["p10"]),
+                "otps_p50": _num(row["otps"]["p50"]),
+                "otps_p90": _num(row["otps"]["p90"]),
+                "e2e_p50": _num(row["e2e_ms"]["p50"]),
+                "e2e_p99": _num(row["e2e_ms"]["p99"]),
+                "input_tps": _num(group["input_tokens_per_s"]) if first else "",
+                "output_tps": _num(group["output_tokens_per_s"]) if first else "",
+                "cache_hit_pct": _num(hit * 100 if hit is not None else None) if first else "",
+                "cost_usd": _num(group["cost_usd"], 6) if first else "",
             }
         )
     return out
 
 
+def preflight(environment: Any, form: Any) -> str | None:
+    """Why the run the start form asks for cannot start (None: it can)."""
+    options = environment.parsed_options
+
+    def field(name: str) -> str:
+        value = form.get(name)
+        return str(getattr(options, name, "") or "") if value is None else str(value)
+
+    try:
+        workload = load_workload_option(field("workload"))
+        if field("emulator_config"):
+            load_config(resolve_path(field("emulator_config")))
+        parse_slos([*workload.slos, *(getattr(options, "slo", None) or [])])
+        target = (
+            field("target_url")
+            or str(form.get("host") or "")
+            or os.environ.get("ANTHROPIC_BASE_URL", "")
+        )
+        if target and target.rstrip("/") != getattr(options, "loadkit_embedded_url", ""):
+            cap = field("max_cost_usd") or "0"
+            try:
+                max_cost = float(cap)
+            except ValueError:
+                return f"max_cost_usd {cap!r} is not a number"
+            check_spending_cap(target, max_cost)
+    except (WorkloadError, ConfigError, SLOError) as err:
+        return str(err)
+    return None
+
+
 def install(web_ui: Any) -> None:
-    from flask import Response, request
+    from flask import Response, jsonify, request
 
     web_ui.template_args["extended_tabs"] = [{"title": "LLM", "key": TAB}]
     web_ui.template_args["extended_tables"] = [
@@ -85,6 +132,17 @@ def install(web_ui: Any) -> None:
             payload["extended_stats"] = [{"key": TAB, "data": rows()}]
             response.set_data(json.dumps(payload))
         return response
+
+    @web_ui.app.before_request
+    def refuse_a_bad_start() -> Any:
+        """Check the start form's loadkit fields before Locust starts anything, so that a
+        refused start says why in the form (Locust shows a /swarm answer's message)."""
+        if request.method != "POST" or not request.path.endswith("/swarm"):
+            return None
+        reason = preflight(web_ui.environment, request.form)
+        if reason is None:
+            return None
+        return jsonify({"success": False, "message": f"loadkit: {reason}", "host": ""})
 
     @web_ui.app.route("/loadkit/llm.csv")
     @web_ui.auth_required_if_enabled

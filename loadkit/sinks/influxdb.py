@@ -105,11 +105,12 @@ class LineFormatter:
             optional += f",error_type={_string_field(r.error_type)}"
         queue_ms = (t_send - r.t_intended) / 1e6 if r.t_intended and t_send else 0.0
         wait_ms = sum(a.waited_s for a in r.attempts) * 1000 if len(r.attempts) > 1 else 0.0
+        responses_429 = sum(1 for a in r.attempts if a.status == 429)
         return (
             f"{REQUEST},{self.common},scenario={_tag(r.scenario)},model={_tag(r.model)},"
             f"speed={r.speed},served_speed={r.served_speed or 'none'},"
             f"outcome={r.outcome.value},fallback={'true' if r.fell_back else 'false'} "
-            f"attempts={len(r.attempts)}i,status={r.status}i,input_tokens={r.input_tokens}i,"
+            f"attempts={len(r.attempts)}i,responses_429={responses_429}i,status={r.status}i,input_tokens={r.input_tokens}i,"
             f"output_tokens={r.output_tokens}i,cache_read_tokens={r.cache_read_input_tokens}i,"
             f"cache_creation_tokens={r.cache_creation_input_tokens}i,"
             f"cache_tokens_lost={r.cache_tokens_lost}i,retry_wait_ms={wait_ms},"
