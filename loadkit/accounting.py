@@ -1,10 +1,25 @@
 """Reconcile the harness's counts with the emulator's: every attempt sent must be seen there.
 
-Harness outcome -> emulator counter. A timeout or cancellation is a client that went away;
-when it goes away after the server wrote its last byte, the server has counted the request
-completed. So ``completed`` and ``client_closed`` are checked together: the harness's ok
-requests can be no more than the server's completed ones, and ok + cancelled + timed out
-must equal completed + client_closed.
+Each attempt the harness sent (wrote in full) ends at the emulator in exactly one counter
+(``EMULATOR_COUNTER`` maps the harness's outcomes to them). Two kinds of attempt:
+
+- known: the harness read the server's answer (ok, 429, 529, 500, an error event, a cut...).
+  The emulator must have counted at least as many of each as the harness did.
+- gone: the harness stopped waiting before it could read the answer (``cancelled`` by the
+  run's end, ``timeout``). The server may have seen the client leave (``client_closed``),
+  but it may also have answered first: a 429 written just before the run's end kills the
+  greenlet that was about to read it, a stream whose last byte was on the wire... Any
+  counter can hold them, so the harness cannot say which.
+
+So, per model x speed, the invariants checked are:
+
+- received: the emulator received exactly the attempts the harness sent;
+- for every counter but ``client_closed``, harness (known) <= emulator;
+- the emulator's excess over the known outcomes, summed over all its counters
+  (``client_closed`` included), equals the harness's gone attempts exactly.
+
+Anything else is a real loss or a wrong outcome and is reported as a mismatch; the gone
+attempts the server had answered are reported by what it answered, not as mismatches.
 """
 
 from __future__ import annotations
@@ -12,6 +27,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
@@ -29,10 +45,19 @@ EMULATOR_COUNTER = {
     "timeout": "client_closed",
     "client_error": "invalid+unauthorized",
 }
+#: The emulator's counter for an attempt whose client left before reading its answer; the
+#: harness counts its gone attempts (cancelled, timed out) there too.
+GONE = "client_closed"
+#: Every counter an emulator request ends in, in report order.
+COUNTERS = tuple(sorted(set(EMULATOR_COUNTER.values())))
 
 
 def harness_counts(aggregate: Aggregate) -> Counter[tuple[str, str, str]]:
-    """(model, speed, emulator counter) -> attempts, from the harness's side."""
+    """(model, speed, emulator counter) -> attempts, from the harness's side.
+
+    ``client_closed`` holds the harness's gone attempts (cancelled or timed out), whatever
+    the emulator made of them; ``received`` holds every attempt sent.
+    """
     counts: Counter[tuple[str, str, str]] = Counter()
     for (model, _requested), group in aggregate.groups.items():
         for key, n in group.attempt_outcomes.items():
@@ -45,10 +70,15 @@ def harness_counts(aggregate: Aggregate) -> Counter[tuple[str, str, str]]:
 
 
 def emulator_counts(stats: dict[str, Any]) -> Counter[tuple[str, str, str]]:
+    """(model, speed, counter) -> requests, from an ``/_emulator/stats`` snapshot.
+
+    ``received`` counts requests received, the other counters those that ended there (a
+    request still in flight is in ``received`` only).
+    """
     counts: Counter[tuple[str, str, str]] = Counter()
     for row in stats["by_model_speed"]:
         model, speed = row["model"], row["speed"]
-        for outcome in set(EMULATOR_COUNTER.values()):
+        for outcome in COUNTERS:
             if outcome == "invalid+unauthorized":
                 value = row["invalid"] + row["unauthorized"]
             else:
@@ -59,38 +89,89 @@ def emulator_counts(stats: dict[str, Any]) -> Counter[tuple[str, str, str]]:
     return counts
 
 
+@dataclass
+class Reconciliation:
+    """The comparison of both sides: mismatches, and what became of the gone attempts."""
+
+    problems: list[str] = field(default_factory=list)
+    gone: int = 0  # attempts the harness sent and stopped waiting for (cancelled, timeout)
+    # emulator counter -> how many of the gone attempts it counted there (client_closed:
+    # it saw the client leave; any other: it had answered before the client left)
+    gone_as: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def answered(self) -> dict[str, int]:
+        """The gone attempts the server had answered, by its outcome."""
+        return {name: n for name, n in sorted(self.gone_as.items()) if name != GONE and n}
+
+
+def compare(
+    ours: Counter[tuple[str, str, str]], theirs: Counter[tuple[str, str, str]]
+) -> Reconciliation:
+    """Check the invariants (see the module's docstring) per model x speed."""
+    result = Reconciliation()
+    pairs = {(model, speed) for model, speed, _ in set(ours) | set(theirs)}
+    for model, speed in sorted(pairs):
+        problems = []
+        name = f"{model} {speed}"
+        sent, received = ours[(model, speed, "received")], theirs[(model, speed, "received")]
+        if sent != received:
+            problems.append(f"{name} received: harness sent {sent}, emulator received {received}")
+        gone = ours[(model, speed, GONE)]
+        excess: Counter[str] = Counter()
+        for counter in COUNTERS:
+            known = 0 if counter == GONE else ours[(model, speed, counter)]
+            counted = theirs[(model, speed, counter)]
+            if known > counted:
+                problems.append(f"{name} {counter}: harness {known}, emulator {counted}")
+            elif counted > known:
+                excess[counter] = counted - known
+        if sum(excess.values()) != gone:
+            ended = sum(theirs[(model, speed, c)] for c in COUNTERS)
+            in_flight = received - ended
+            beyond = ", ".join(
+                f"{counter} {theirs[(model, speed, counter)]} (harness "
+                f"{0 if counter == GONE else ours[(model, speed, counter)]})"
+                for counter in sorted(excess)
+            )
+            problems.append(
+                f"{name}: {gone} attempts cancelled or timed out, but the emulator counted "
+                f"{sum(excess.values())} outcomes beyond the harness's known ones"
+                + (f": {beyond}" if beyond else "")
+                + (f"; {in_flight} still in flight there" if in_flight else "")
+            )
+        result.gone += gone
+        if not problems:
+            result.gone_as.update(excess)
+        result.problems.extend(problems)
+    return result
+
+
 def reconcile(aggregate: Aggregate, theirs: Counter[tuple[str, str, str]]) -> list[str]:
     """Differences between the two sides, one line each; empty when every attempt agrees.
 
     ``theirs`` is what the emulator counted during the run (``emulator_counts`` of its stats
     at the end minus those at the start).
     """
-    ours = harness_counts(aggregate)
-    problems = []
-    pairs = {(model, speed) for model, speed, _ in set(ours) | set(theirs)}
-    for model, speed in sorted(pairs):
-        for counter in ("received", *sorted(set(EMULATOR_COUNTER.values()))):
-            key = (model, speed, counter)
-            if counter in ("completed", "client_closed") or ours[key] == theirs[key]:
-                continue
-            problems.append(
-                f"{model} {speed} {counter}: harness {ours[key]}, emulator {theirs[key]}"
-            )
-        ok, done = ours[(model, speed, "completed")], theirs[(model, speed, "completed")]
-        gone = ours[(model, speed, "client_closed")]
-        closed = theirs[(model, speed, "client_closed")]
-        if ok > done or ok + gone != done + closed:
-            problems.append(
-                f"{model} {speed} completed/client_closed: harness {ok}/{gone}, "
-                f"emulator {done}/{closed}"
-            )
-    return problems
+    return compare(harness_counts(aggregate), theirs).problems
 
 
 def sent_attempts(aggregate: Aggregate) -> int:
     return sum(
         n for (_, _, counter), n in harness_counts(aggregate).items() if counter == "received"
     )
+
+
+def _settled(ours: Counter[tuple[str, str, str]], theirs: Counter[tuple[str, str, str]]) -> bool:
+    """Every attempt the harness sent has reached the emulator and ended there."""
+    for model, speed, counter in ours:
+        if counter != "received":
+            continue
+        sent = ours[(model, speed, counter)]
+        ended = sum(theirs[(model, speed, c)] for c in COUNTERS)
+        if theirs[(model, speed, "received")] < sent or ended < sent:
+            return False
+    return True
 
 
 class EmulatorCounters:
@@ -112,20 +193,53 @@ class EmulatorCounters:
     def available(self) -> bool:
         return self.baseline is not None
 
-    def during_run(self, settle_s: float = 5.0) -> Counter[tuple[str, str, str]]:
-        """What the emulator counted since the start, once the run's streams have settled."""
+    def during_run(
+        self, ours: Counter[tuple[str, str, str]] | None = None, settle_s: float = 5.0
+    ) -> Counter[tuple[str, str, str]]:
+        """What the emulator counted since the start, once the run's attempts have settled.
+
+        The harness's last requests reach the emulator a moment after the harness gave up on
+        them: a request written just before its greenlet was killed, then its socket closed,
+        is received, and the close seen, only when the emulator's loop gets to them, maybe
+        after it answered this read. So with ``ours`` (the harness's counts) this waits
+        until the emulator has received, and ended, every attempt the harness sent; without,
+        until its requests in flight are back to their number at the start. At most
+        ``settle_s``: a real loss never settles, and is then reported as it stands.
+        """
         assert self.baseline is not None
+        start = emulator_counts(self.baseline)
         before = self.baseline["totals"]["in_flight"]
         deadline = time.monotonic() + settle_s
-        end = self._stats()
-        while end is not None and end["totals"]["in_flight"] > before:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)  # cut streams reach the emulator a moment later
+        while True:
             end = self._stats()
-        if end is None:
-            raise RuntimeError(f"the emulator at {self.base_url} stopped answering")
-        return emulator_counts(end) - emulator_counts(self.baseline)
+            if end is None:
+                raise RuntimeError(f"the emulator at {self.base_url} stopped answering")
+            theirs = emulator_counts(end) - start
+            if ours is not None:
+                done = _settled(ours, theirs) and end["totals"]["in_flight"] <= before
+            else:
+                done = end["totals"]["in_flight"] <= before
+            if done or time.monotonic() > deadline:
+                return theirs
+            time.sleep(0.02)
+
+
+def _explanation(result: Reconciliation) -> str:
+    """What became of the attempts the harness stopped waiting for, or ""."""
+    if not result.gone:
+        return ""
+    closed = result.gone_as.get(GONE, 0)
+    parts = [f"saw {closed} closed by the client"] if closed else []
+    answered = result.answered
+    if answered:
+        parts.append(
+            "had already answered "
+            + ", ".join(f"{n} as {counter}" for counter, n in answered.items())
+        )
+    return (
+        f" ({result.gone} cancelled or timed out before their answer was read: "
+        f"the emulator {' and '.join(parts)})"
+    )
 
 
 def reconcile_run(aggregate: Aggregate, counters: EmulatorCounters) -> dict[str, Any]:
@@ -134,21 +248,29 @@ def reconcile_run(aggregate: Aggregate, counters: EmulatorCounters) -> dict[str,
     Prints the verdict (to stderr: stdout belongs to Locust) and returns the summary's
     ``accounting`` section.
     """
-    theirs = counters.during_run()
-    problems = reconcile(aggregate, theirs)
+    ours = harness_counts(aggregate)
+    theirs = counters.during_run(ours)
+    result = compare(ours, theirs)
     received = sum(n for (_, _, counter), n in theirs.items() if counter == "received")
-    if problems:
+    sent = sum(n for (_, _, counter), n in ours.items() if counter == "received")
+    if result.problems:
         print("accounting: the harness and the emulator disagree:", file=sys.stderr, flush=True)
-        for line in problems:
+        for line in result.problems:
             print(f"  {line}", file=sys.stderr, flush=True)
     else:
         print(
-            f"accounting: all {received} attempts match the emulator's counters",
+            f"accounting: all {received} attempts match the emulator's counters"
+            + _explanation(result),
             file=sys.stderr,
             flush=True,
         )
     return {
         "emulator_received": received,
-        "harness_sent": sent_attempts(aggregate),
-        "mismatches": problems,
+        "harness_sent": sent,
+        "mismatches": result.problems,
+        # attempts the harness stopped waiting for (cancelled, timed out), and what the
+        # emulator made of them: closed by the client, or answered (by outcome) before that
+        "cancelled_or_timed_out": result.gone,
+        "cancelled_closed_by_client": result.gone_as.get(GONE, 0),
+        "cancelled_answered_as": result.answered,
     }

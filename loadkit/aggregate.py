@@ -45,6 +45,7 @@ TOTALS = (
 )
 
 
+GONE_BEFORE_THE_END = (Outcome.CANCELLED, Outcome.TIMEOUT)
 UNSENT = "unsent"  # interrupted before the request was fully written: no server saw it
 
 
@@ -106,7 +107,14 @@ class Group:
             for attempt in attempts[:-1]:
                 tally[f"{attempt.speed}/{attempt_outcome(attempt.status)}"] += 1
             last = attempts[-1]
-            tally[f"{last.speed}/{record.outcome.value if last.sent else UNSENT}"] += 1
+            if not last.sent:
+                last_outcome = UNSENT
+            elif last.status >= 400 and record.outcome in GONE_BEFORE_THE_END:
+                # answered, and then cut by the run's end (say while waiting out retry-after)
+                last_outcome = attempt_outcome(last.status)
+            else:
+                last_outcome = record.outcome.value
+            tally[f"{last.speed}/{last_outcome}"] += 1
             # answers with status 429, whatever the request did next (retry, fall back)
             totals["responses_429"] += sum(1 for a in attempts if a.status == 429)
         totals["fallbacks"] += record.fell_back

@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from loadkit.client import RequestSpec, StreamingClient
+from loadkit.client import RequestCancelled, RequestSpec, StreamingClient
 from loadkit.record import Outcome, ResultRecord
 
 PolicyName = Literal["none", "retry", "standard", "retry-then-standard"]
@@ -100,7 +100,7 @@ class FallbackPolicy:
                     and waits < settings.max_retries
                 ):
                     waits += 1
-                    time.sleep(retry_after)
+                    _wait(retry_after, record)
                     record = self.client.send(spec, record, max_retries=0)
                     continue
                 return self._fall_back(spec, record)
@@ -120,3 +120,14 @@ class FallbackPolicy:
         had = self._cache_reads.get((spec.model, spec.speed), 0)
         record.cache_tokens_lost = max(0, had - record.cache_read_input_tokens)
         return record
+
+
+def _wait(seconds: float, record: ResultRecord) -> None:
+    """Wait out a retry-after; a run that ends meanwhile cancels the request, reported."""
+    try:
+        time.sleep(seconds)
+    except BaseException as err:  # GreenletExit, KeyboardInterrupt: the run is ending
+        record.outcome = Outcome.CANCELLED
+        record.error_type = "run_ended"
+        record.error_message = f"{type(err).__name__} while waiting out retry-after"
+        raise RequestCancelled(record) from err

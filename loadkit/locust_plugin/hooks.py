@@ -242,6 +242,9 @@ def _finish(environment: Any) -> None:
     slo_breaches = capacity.finish(environment, STATE.aggregate, data)
     if "slos" in data and verdict in (None, 0):
         verdict = capacity.EXIT_SLO if slo_breaches else 0
+    if data.get("accounting", {}).get("mismatches") and verdict in (None, 0):
+        say("loadkit: exit code 3: requests are unaccounted for (see accounting above)")
+        verdict = EXIT_BREACH
     if verdict is not None and environment.process_exit_code in (None, 0):
         environment.process_exit_code = verdict
     say("")
