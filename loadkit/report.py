@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loadkit.aggregate import Aggregate, combine
+from loadkit.sweep import capacity_label, capacity_line, verdict
 
 WINDOW_S = 5  # the width of the time windows the Locust layer slices by
 
@@ -92,10 +93,14 @@ def line_chart(
         f'transform="rotate(-90 14 {top + inner_h / 2})">{html.escape(y_label)}</text>'
     )
     if marker_x is not None:
+        # the label below the legend (top left), on the side of the line with more room
+        label_y = top + 30 + 16 * len(series)
+        right = px(marker_x) > left + inner_w / 2
+        label_x = px(marker_x) + (-4 if right else 4)
         parts.append(
             f'<line x1="{px(marker_x):.1f}" x2="{px(marker_x):.1f}" y1="{top}" y2="{top + inner_h}" '
-            f'stroke="#000" stroke-dasharray="4 3"/><text x="{px(marker_x) + 4:.1f}" y="{top + 14}" '
-            f'font-size="11">{html.escape(marker_label)}</text>'
+            f'stroke="#000" stroke-dasharray="4 3"/><text x="{label_x:.1f}" y="{label_y}" '
+            f'text-anchor="{"end" if right else "start"}" font-size="11">{html.escape(marker_label)}</text>'
         )
     for i, (name, points) in enumerate(series):
         colour = COLOURS[i % len(COLOURS)]
@@ -238,6 +243,7 @@ def render_report(aggregate: Aggregate, data: dict[str, Any]) -> str:
         ]
         capacity_row = next((r for r in sweep["steps"] if r["offered"] == sweep["capacity"]), None)
         marker = capacity_row["achieved_requests_per_s"] if capacity_row else None
+        # the same conclusion as the text: "capacity >= X (no knee)" when no step broke
         sections.append(
             "<h2>Sweep</h2>"
             + line_chart(
@@ -246,7 +252,7 @@ def render_report(aggregate: Aggregate, data: dict[str, Any]) -> str:
                 "achieved requests/s",
                 "TTFT p95 (ms)",
                 marker_x=marker,
-                marker_label=f"capacity {sweep['capacity']}",
+                marker_label=capacity_label(sweep),
                 dots=True,
             )
             + _table(
@@ -254,6 +260,7 @@ def render_report(aggregate: Aggregate, data: dict[str, Any]) -> str:
                     "step",
                     "offered",
                     "achieved req/s",
+                    "held",
                     "output tok/s",
                     "TTFT p50",
                     "TTFT p95",
@@ -261,13 +268,15 @@ def render_report(aggregate: Aggregate, data: dict[str, Any]) -> str:
                     "OTPS p50",
                     "error rate",
                     "429 rate",
-                    "SLOs",
+                    "late starts",
+                    "verdict",
                 ],
                 [
                     [
                         r["step"],
                         r["offered"],
                         r["achieved_requests_per_s"],
+                        None if r.get("held") is None else f"{r['held']:.0%}",
                         r["output_tokens_per_s"],
                         r["ttft_ms"]["p50"],
                         r["ttft_ms"]["p95"],
@@ -275,14 +284,22 @@ def render_report(aggregate: Aggregate, data: dict[str, Any]) -> str:
                         r["otps_p50"],
                         r["error_rate"],
                         r["rate_limited_rate"],
-                        "met" if r["met_slos"] else "broken",
+                        None
+                        if r.get("late_start_share") is None
+                        else f"{r['late_start_share']:.0%}",
+                        verdict(r),
                     ]
                     for r in sweep["steps"]
                 ],
             )
-            + f"<p>Capacity: <b>{sweep['capacity']}</b> "
-            + ("users" if sweep["kind"] == "users" else "requests/s offered")
-            + "</p>"
+            + "".join(
+                f"<p>Step {r['step']}: the "
+                + ("load generator" if r["fell_behind"] == "generator" else "target")
+                + f" fell behind: {html.escape(r['behind_reason'] or '')}</p>"
+                for r in sweep["steps"]
+                if r.get("fell_behind")
+            )
+            + f"<p><b>{html.escape(capacity_line(sweep))}</b></p>"
         )
     slos = data.get("slos")
     if slos:

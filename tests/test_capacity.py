@@ -162,9 +162,43 @@ def test_sweep_finds_the_capacity_of_the_emulator(tmp_path: Path) -> None:
     assert len(sweep["steps"]) < 11
     rows = {row["offered"]: row for row in sweep["steps"]}
     assert rows[10]["met_slos"] and not rows[max(rows)]["met_slos"]
-    assert "capacity:" in result.stdout
+    assert rows[10]["holds_load"] and rows[10]["met"]
+    # a knee was found (the SLO broke above the capacity): the capacity is no lower bound
+    assert sweep["knee_found"] and sweep["capacity_lower_bound"] is None
+    assert sweep["knee"]["offered"] > sweep["capacity"]
+    output = result.stdout + result.stderr  # the console output is moving to stderr
+    assert f"capacity: {sweep['capacity']:g} req/s offered (knee at" in output
     html = (tmp_path / "sweep.html").read_text()
-    assert "Throughput vs latency" in html and f"capacity {sweep['capacity']}" in html
+    assert "Throughput vs latency" in html and f">capacity {sweep['capacity']:g}<" in html
+
+
+def test_sweep_top_step_the_target_cannot_sustain_is_no_capacity(tmp_path: Path) -> None:
+    """Issue #10 item 7: the top step's starts went out on time, the target answered far fewer
+    (2 streams, ~0.2 s each: ~10 req/s) and no SLO broke; that step is not the capacity."""
+    result, data = run(
+        tmp_path, SLOW, HAIKU, "-u", "1", "-r", "1", "--sweep", "rate",
+        "--sweep-start", "6", "--sweep-step", "14", "--sweep-stop", "20",
+        "--sweep-step-duration", "5", "--arrival", "constant", "--slo", "ttft_p95_ms<=60000",
+        "--report", str(tmp_path / "sweep.html"), locustfile="locustfiles/sweep.py", timeout=90,
+    )  # fmt: skip
+    assert data is not None, result.stderr[-3000:]
+    sweep = data["sweep"]
+    # Both steps analysed, the last one too: that needs the sweep shape's clock to start with
+    # the sweep's (capacity.prepare_master), else the run ends before the last step does.
+    assert [row["offered"] for row in sweep["steps"]] == [6, 20], sweep["steps"]
+    low, top = sweep["steps"]
+    assert low["met"] and low["holds_load"]
+    assert top["met_slos"]  # no SLO broke...
+    assert top["achieved_requests_per_s"] < 0.9 * 20  # ...but the target fell behind
+    assert not top["holds_load"] and not top["met"] and top["fell_behind"] == "target"
+    assert top["late_start_share"] < 0.1  # the starts went out on schedule
+    assert top["cut"] > top["cut_excused"]  # requests piled up and were cut by the end
+    assert sweep["capacity"] == 6 and sweep["knee_found"]
+    assert sweep["knee"]["offered"] == 20 and "the target fell behind" in sweep["knee"]["reason"]
+    output = result.stdout + result.stderr
+    assert "NOT HELD (target)" in output and "step 1: the target fell behind" in output
+    assert "capacity: 6 req/s offered (knee at 20 req/s offered" in output
+    assert ">capacity 6<" in (tmp_path / "sweep.html").read_text()
 
 
 def test_slo_gate_passes_and_breaches_with_exit_codes_and_junit(tmp_path: Path) -> None:
@@ -183,7 +217,7 @@ def test_slo_gate_passes_and_breaches_with_exit_codes_and_junit(tmp_path: Path) 
         "--slo", "ttft_p50_ms<=1", "--slo", "error_rate<=0.5",
     )  # fmt: skip
     assert result.returncode == 4
-    assert "FAIL ttft_p50_ms<=1: measured" in result.stdout
+    assert "FAIL ttft_p50_ms<=1: measured" in result.stderr
     assert data is not None and not data["slos"]["passed"] and data["slos"]["good_requests"] == 0
     xml = junit.read_text()
     assert xml.count("<testcase") == 2 and xml.count("<failure") == 1
@@ -207,7 +241,7 @@ def test_cost_guard_stops_within_one_request_of_the_cap(tmp_path: Path) -> None:
     assert data is not None and data["cost_guard"]["stopped"]
     spent = data["total"]["cost_usd"]
     assert cap - 1.5 * one_request <= spent <= cap
-    assert "cost guard" in result.stdout
+    assert "cost guard" in result.stderr
 
 
 def test_remote_target_needs_a_cost_cap(tmp_path: Path) -> None:

@@ -154,6 +154,10 @@ def prepare_master(environment: Any, workload_slos: list[str], target: str) -> N
     now = time.time()
     options.loadkit_run_start = now
     options.loadkit_sweep_start = now
+    if environment.shape_class is not None:
+        # The shape's steps on the sweep's clock, as Locust's master does after test_start (a
+        # local runner's shape clock started before the embedded emulator did).
+        environment.shape_class.reset_time()
     processes = 1
     if isinstance(environment.runner, MasterRunner):
         processes = max(1, len(environment.runner.clients.ready) or options.expect_workers or 1)
