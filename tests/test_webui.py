@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import socket
@@ -47,13 +49,18 @@ def web_locust(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        # Wait for the page (on a loaded 2-core machine, starting two workers takes a while).
+        deadline = time.monotonic() + 90
+        while True:
             try:
                 if httpx2.get(url, timeout=1).status_code == 200:
                     break
             except httpx2.HTTPError:
-                time.sleep(0.2)
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"Locust's web UI did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
         try:
             yield url, log
         finally:
@@ -101,8 +108,16 @@ def test_llm_tab_with_workload_chosen_in_the_form(
     assert not any("sonnet" in name for name in rows)
     haiku = dict(zip(headers, rows["claude-haiku-4-5 standard"], strict=True))
     assert int(haiku["Requests"]) > 0 and float(haiku["TTFT p50 ms"]) > 100  # plain numbers
-    deadline = time.monotonic() + 15
-    while "loadkit summary" not in log.read_text() and time.monotonic() < deadline:
+    # The CSV download holds the same rows as plain numbers.
+    llm_csv = httpx2.get(f"{url}/loadkit/llm.csv", timeout=10).text
+    table = list(csv.DictReader(io.StringIO(llm_csv)))
+    assert {r["name"] for r in table} >= {"claude-haiku-4-5 standard", "all"}
+    for row in table:
+        for key in ("requests", "ttft_p50", "otps_p50", "cache_hit_pct", "cost_usd"):
+            float(row[key])  # "1,300.1" or "68.5%" would not parse
+    # The accounting line is the summary's last: wait for it, not for the summary.
+    deadline = time.monotonic() + 30
+    while "accounting:" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
     text = log.read_text()
     assert "loadkit summary" in text and "accounting: all" in text
