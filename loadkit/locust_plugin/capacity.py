@@ -186,15 +186,29 @@ def prepare_process(environment: Any, workload_slos: list[str]) -> None:
     )
 
 
-def current_rate_per_user() -> float:
+def rate_per_user_at(wall: float) -> float:
+    """The open-loop rate of one user's share at the wall-clock time ``wall``."""
     settings = SETTINGS
     if settings is None:
         return 0.0
     plan = settings.plan
     if plan is None or plan.kind != "rate":
         return settings.rate_per_user
-    step = plan.step_at(time.time() - settings.sweep_start_wall)
+    step = plan.step_at(wall - settings.sweep_start_wall)
     return plan.load(step) / settings.users_total if step is not None else 0.0
+
+
+def next_rate_change(wall: float) -> float | None:
+    """The wall-clock time of the first rate change after ``wall`` (None: none comes)."""
+    settings = SETTINGS
+    if settings is None or settings.plan is None or settings.plan.kind != "rate":
+        return None
+    plan = settings.plan
+    elapsed = wall - settings.sweep_start_wall
+    if elapsed < 0:
+        return settings.sweep_start_wall
+    step = int(elapsed // plan.step_duration_s) + 1
+    return settings.sweep_start_wall + step * plan.step_duration_s if step <= plan.steps else None
 
 
 def open_loop_active() -> bool:
@@ -205,7 +219,20 @@ def open_loop_schedule(rng: random.Random) -> ArrivalSchedule | None:
     settings = SETTINGS
     if settings is None or settings.rate_per_user <= 0:
         return None
-    return ArrivalSchedule(lambda _: current_rate_per_user(), settings.arrival, rng)  # type: ignore[arg-type]
+    started_wall = time.time()
+    started_ns = time.perf_counter_ns()
+
+    def changes_after(seconds: float) -> float | None:
+        change = next_rate_change(started_wall + seconds)
+        return None if change is None else change - started_wall
+
+    return ArrivalSchedule(
+        lambda seconds: rate_per_user_at(started_wall + seconds),
+        settings.arrival,  # type: ignore[arg-type]
+        rng,
+        start_ns=started_ns,
+        changes_after=changes_after,
+    )
 
 
 def slices_for(record: ResultRecord) -> list[Slice]:
