@@ -148,7 +148,7 @@ def test_distributed_run_merges_counts_and_sketches(tmp_path: Path) -> None:
     assert data["accounting"]["emulator_received"] == totals["received"]
     assert data["accounting"]["harness_sent"] == totals["received"] > 50
     assert total["outcomes"].get("ok", 0) <= totals["completed"]
-    assert total["requests"] == sum(total["outcomes"].values())
+    assert total["requests"] + total["cancelled"] == sum(total["outcomes"].values())
     # Percentiles come from merged sketches: they match the server's ground truth.
     for group in data["groups"]:
         truth = [
@@ -208,12 +208,56 @@ def test_bad_workload_stops_before_any_request(tmp_path: Path) -> None:
 
 
 def test_external_target_needs_a_key_from_the_environment(tmp_path: Path) -> None:
-    with EmulatorProcess(config=QUICK_EMULATOR) as emulator:
+    """A target that is not a loadkit emulator gets the key from the environment only."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for(f"http://127.0.0.1:{port}/")
         result, _ = locust(
             tmp_path, "-u", "2", "-t", "20s", "--workload", "workloads/ci.yaml",
-            "--target-url", emulator.base_url, timeout=60,
+            "--target-url", f"http://127.0.0.1:{port}", timeout=60,
         )  # fmt: skip
-        received = httpx2.get(f"{emulator.base_url}/_emulator/stats").json()["totals"]["received"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
     assert result.returncode == 2
     assert "ANTHROPIC_API_KEY is not set" in result.stderr
-    assert received == 0
+
+
+def test_an_emulator_target_gets_a_placeholder_key_never_the_real_one(tmp_path: Path) -> None:
+    """A loadkit emulator needs no key: it gets a placeholder, even when a real key is set,
+    and needs no spending cap wherever it runs."""
+    # 127.0.0.2: loopback, but not a name the cost guard takes for free
+    with EmulatorProcess(config=QUICK_EMULATOR, host="127.0.0.2") as emulator:
+        result, data = locust(
+            tmp_path, "-u", "2", "-t", "3s", "--workload", "workloads/ci.yaml",
+            "--target-url", emulator.base_url,
+            env={"ANTHROPIC_API_KEY": "sk-ant-real-key-never-sent"}, timeout=60,
+        )  # fmt: skip
+        seen = httpx2.get(f"{emulator.base_url}/_emulator/stats").json()["totals"]["received"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert data is not None and data["total"]["requests"] > 0 and seen > 0
+    assert "sk-ant-real-key-never-sent" not in result.stdout + result.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx2.get(url, timeout=1)
+            return
+        except httpx2.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

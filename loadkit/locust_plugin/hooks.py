@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,13 +19,13 @@ from typing import Any
 import gevent
 from locust import events
 from locust import stats as locust_stats
-from locust.runners import LocalRunner, MasterRunner, WorkerRunner
+from locust.runners import STATE_INIT, STATE_STOPPED, STATE_STOPPING, MasterRunner, WorkerRunner
 
 from loadkit.accounting import EmulatorCounters, reconcile_run
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.gctune import tune_gc
-from loadkit.locust_plugin import capacity, influx, webui
+from loadkit.locust_plugin import capacity, influx, targets, webui
 from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.options import add_options
 from loadkit.locust_plugin.state import (
@@ -33,6 +34,8 @@ from loadkit.locust_plugin.state import (
     load_workload_option,
     resolve_path,
 )
+from loadkit.locust_plugin.targets import TargetPolicy
+from loadkit.redact import redact_url
 from loadkit.summary import format_table, summary_data, write_json
 from loadkit.workload import WorkloadError
 
@@ -44,16 +47,18 @@ WIRE_KEY = "loadkit"
 FINAL_KEY = "loadkit_final"
 STOP_MESSAGE = "loadkit_stop_and_report"
 FINAL_REPORT_TIMEOUT_S = 20.0
-EXIT_BREACH = 3  # a scenario's end-of-run check failed
+EXIT_BREACH = 3  # a scenario's end-of-run check failed, or requests are unaccounted for
+EXIT_NOTHING_COMPLETED = 5
+EXIT_SINK = 6
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 #: Scenario checks run at the end on the master: (environment, summary data) -> breaches.
 END_CHECKS: list[Callable[[Any, dict[str, Any]], list[str]]] = []
-# Workers report every 3 s; a web-UI stop waits this long for their last report.
-LAST_REPORT_WAIT_S = 3.5
 
 
 @events.init_command_line_parser.add_listener
 def _options(parser: Any, **_: Any) -> None:
     add_options(parser)
+    targets.add_options(parser)
     influx.add_options(parser)
     capacity.add_options(parser)
 
@@ -76,6 +81,9 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
     gevent.get_hub().loop.update_now()
     tune_gc()  # full collections would stall every stream of the process (and its timings)
     STATE.environment = environment
+    STATE.interrupted_by = ""
+    # SIGTERM is told apart from Ctrl-C by this; Locust's own handler quits the run.
+    gevent.signal_handler(signal.SIGTERM, _record_sigterm)
     if web_ui is not None:
         webui.install(web_ui)
     if isinstance(runner, WorkerRunner):
@@ -83,6 +91,7 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
         return
     if environment.parsed_options is None:
         return
+    STATE.targets = TargetPolicy.at_start(environment.parsed_options, environment.host)
     try:  # fail fast, before anything starts, on a bad workload or emulator config
         load_workload_option(environment.parsed_options.workload)
         if environment.parsed_options.emulator_config:
@@ -106,6 +115,8 @@ def _target(environment: Any) -> str:
     given = _given_target(environment)
     if given:
         options.loadkit_embedded_url = ""
+        policy = STATE.targets or TargetPolicy(frozenset())
+        options.loadkit_key_kind = policy.key_for(given)  # raises TargetRefused
         environment.host = given
         return given
     if STATE.emulator is None:
@@ -114,6 +125,7 @@ def _target(environment: Any) -> str:
         STATE.emulator.start()
         log.info("loadkit: started the embedded emulator at %s", STATE.emulator.base_url)
     options.loadkit_embedded_url = STATE.emulator.base_url
+    options.loadkit_key_kind = "emulator"
     environment.host = STATE.emulator.base_url  # Locust's own views name the target
     return STATE.emulator.base_url
 
@@ -147,7 +159,7 @@ def _test_start(environment: Any, **_: Any) -> None:
             "loadkit run %s: workload %s, target %s",
             STATE.run_id,
             workload.name,
-            options.loadkit_target,
+            redact_url(options.loadkit_target),
         )
     else:
         STATE.run_id = options.loadkit_run_id
@@ -214,39 +226,110 @@ def _collect_final_reports(environment: Any) -> None:
         )
 
 
+def _accounting(data: dict[str, Any]) -> None:
+    counters = STATE.emulator_counters
+    if counters is None:
+        return
+    try:
+        data["accounting"] = reconcile_run(STATE.aggregate, counters)
+    except Exception as err:  # the target died or stopped answering: say so, write the rest
+        reason = f"{type(err).__name__}: {err}"
+        data["accounting"] = {"available": False, "reason": reason, "mismatches": []}
+        say(f"accounting: unavailable: {reason}")
+
+
+def _end_checks(environment: Any, data: dict[str, Any]) -> list[str]:
+    breaches: list[str] = []
+    for check in END_CHECKS:
+        try:
+            breaches.extend(check(environment, data))
+        except Exception as err:
+            log.exception("loadkit: an end check failed")
+            breaches.append(f"the check {check.__name__} could not run: {type(err).__name__}")
+    data["breaches"] = breaches
+    for line in breaches:
+        say(f"BREACH: {line}")
+    return breaches
+
+
+def _exit_code(
+    environment: Any, data: dict[str, Any], breaches: list[str] | None, slo_breaches: list[str]
+) -> tuple[int | None, str]:
+    """The run's exit code and its one-line reason (None: Locust's own decides).
+
+    In order: 5 no request completed, 3 a scenario check failed or requests are unaccounted
+    for, 4 an SLO was breached, 6 the InfluxDB sink delivered nothing, 130/143 the run was
+    interrupted (SIGINT/SIGTERM); else 0 when checks or SLOs judged the run and passed.
+    """
+    total = data["total"]
+    if STATE.aggregate.total().totals["requests"] and not total["ok"]:
+        kinds = ", ".join(f"{k} x{v}" for k, v in sorted(total["failures_by_type"].items()))
+        return EXIT_NOTHING_COMPLETED, (
+            f"no request completed: {total['failures']} failed"
+            + (f" ({kinds})" if kinds else "")
+            + f", {total['cancelled']} cancelled"
+        )
+    if breaches:
+        return EXIT_BREACH, f"{len(breaches)} end check(s) failed"
+    if data.get("accounting", {}).get("mismatches"):
+        return EXIT_BREACH, "requests are unaccounted for (see accounting above)"
+    if slo_breaches:
+        return capacity.EXIT_SLO, f"{len(slo_breaches)} SLO(s) breached"
+    sink = data.get("influxdb")
+    if (
+        sink is not None
+        and not sink["written"]
+        and not environment.parsed_options.influxdb_optional
+    ):
+        why = sink.get("rejection") or f"{sink['dropped']} points dropped"
+        return (
+            EXIT_SINK,
+            f"the InfluxDB sink delivered nothing ({why}); --influxdb-optional allows it",
+        )
+    if STATE.interrupted_by:
+        code = EXIT_SIGNAL[STATE.interrupted_by]
+        return code, f"interrupted by {STATE.interrupted_by}"
+    if breaches is not None or "slos" in data:
+        return 0, ""  # judged by its checks or SLOs: expected failures (429s) do not fail it
+    return None, ""
+
+
 def _finish(environment: Any) -> None:
-    """Print the summary (and write the JSON) once per run, on the local runner or master."""
+    """Print the summary and write every output once per run, on the local runner or master.
+
+    Each output is written even when another could not be: a dead target makes accounting
+    unavailable, it does not lose the summary.
+    """
     if STATE.finished or isinstance(environment.runner, WorkerRunner) or not STATE.run_id:
         return
     STATE.finished = True
     STATE.aggregate.ended_at = STATE.aggregate.ended_at or time.time()
     data = summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)
+    if STATE.interrupted_by:
+        data["interrupted_by"] = STATE.interrupted_by
     say("\n" + format_table(data))
-    if STATE.emulator_counters is not None:
-        data["accounting"] = reconcile_run(STATE.aggregate, STATE.emulator_counters)
+    _accounting(data)
     sink = influx.summary()
     if sink is not None:
         data["influxdb"] = sink
         say(
-            f"influxdb: {sink['written']} points written, {sink['dropped']} dropped, "
-            f"{sink['failed_writes']} failed writes retried"
+            f"influxdb: {sink['written']} points written, {sink['dropped']} dropped "
+            f"({sink['rejected']} refused by the server), {sink['failed_writes']} failed "
+            "writes retried" + (f"; last refusal: {sink['rejection']}" if sink["rejection"] else "")
         )
-    verdict: int | None = None
-    if END_CHECKS:
-        breaches = [line for check in END_CHECKS for line in check(environment, data)]
-        data["breaches"] = breaches
-        for line in breaches:
-            say(f"BREACH: {line}")
-        # A scenario with checks is judged by them: expected failures (429s) do not fail it.
-        verdict = EXIT_BREACH if breaches else 0
-    slo_breaches = capacity.finish(environment, STATE.aggregate, data)
-    if "slos" in data and verdict in (None, 0):
-        verdict = capacity.EXIT_SLO if slo_breaches else 0
-    if data.get("accounting", {}).get("mismatches") and verdict in (None, 0):
-        say("loadkit: exit code 3: requests are unaccounted for (see accounting above)")
-        verdict = EXIT_BREACH
-    if verdict is not None and environment.process_exit_code in (None, 0):
-        environment.process_exit_code = verdict
+    breaches = _end_checks(environment, data) if END_CHECKS else None
+    try:
+        slo_breaches = capacity.finish(environment, STATE.aggregate, data)
+    except Exception as err:
+        log.exception("loadkit: the SLO verdicts, JUnit or report could not be written")
+        slo_breaches = [f"the SLO verdicts could not be written: {type(err).__name__}"]
+    code, reason = _exit_code(environment, data, breaches, slo_breaches)
+    if code is not None and environment.process_exit_code in (None, 0):
+        environment.process_exit_code = code
+        data["exit_code"] = code
+        if reason:
+            data["exit_reason"] = reason
+            say(f"loadkit: exit code {code}: {reason}")
     say("")
     path = environment.parsed_options.summary_json
     if path:
@@ -260,19 +343,27 @@ def _test_stop(environment: Any, **_: Any) -> None:
     if isinstance(runner, WorkerRunner):
         return
     STATE.aggregate.ended_at = time.time()
-    if environment.parsed_options.headless:
-        if isinstance(runner, MasterRunner):
-            _collect_final_reports(environment)
-        return  # the summary comes at quitting
-    if isinstance(runner, LocalRunner):
-        _finish(environment)
-    else:
-        gevent.spawn_later(LAST_REPORT_WAIT_S, _finish, environment)
+    if isinstance(runner, MasterRunner):
+        _collect_final_reports(environment)
+    if not environment.parsed_options.headless:
+        _finish(environment)  # headless: at quitting, once the runner is done
+
+
+def _record_sigterm() -> None:
+    STATE.interrupted_by = "SIGTERM"
 
 
 @events.quitting.add_listener
 def _quitting(environment: Any, **_: Any) -> None:
     runner = environment.runner
+    gevent.sleep(0)  # let a signal's recorder run (Locust's handler may have run first)
+    if runner is not None and runner.state not in (STATE_INIT, STATE_STOPPED, STATE_STOPPING):
+        # Interrupted (Ctrl-C, SIGTERM) while running: Locust quits after this listener, so
+        # stop sending now, honouring --stop-timeout, and build the outputs after that. (Only
+        # signals quit a running run: -t, the cost guard and a failed start stop it first.)
+        STATE.interrupted_by = STATE.interrupted_by or "SIGINT"
+        say(f"loadkit: {STATE.interrupted_by}: stopping the run before writing its results")
+        runner.stop()
     STATE.close_client()
     if isinstance(runner, WorkerRunner):
         return

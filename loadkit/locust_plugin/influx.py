@@ -18,6 +18,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from loadkit.locust_plugin.reporting import result_event
 from loadkit.locust_plugin.state import STATE
 from loadkit.record import ResultRecord
+from loadkit.redact import redact_url
 from loadkit.sinks.influxdb import InfluxSink, LineFormatter, SinkSettings
 
 log = logging.getLogger("loadkit")
@@ -28,7 +29,7 @@ class _Sinks:
     def __init__(self) -> None:
         self.sink: InfluxSink | None = None
         self.announced = False
-        self.totals: dict[str, dict[str, int]] = {}  # master: the last stats of each process
+        self.totals: dict[str, dict[str, Any]] = {}  # master: the last stats of each process
 
 
 SINKS = _Sinks()
@@ -52,6 +53,12 @@ def add_options(parser: Any) -> None:
         help="InfluxDB bucket (default INFLUXDB_V2_BUCKET)",
     )
     parser.add_argument(
+        "--influxdb-optional",
+        action="store_true",
+        default=False,
+        help="A sink that delivered nothing does not fail the run (exit code 6 otherwise)",
+    )
+    parser.add_argument(
         "--influxdb-line-file",
         default="",
         help="Also append every point written, as line protocol, to this file",
@@ -70,7 +77,9 @@ def _open(environment: Any) -> None:
     if not SINKS.announced:
         SINKS.announced = True
         if url:
-            log.info("loadkit: InfluxDB sink on: %s, bucket %s", url, options.influxdb_bucket)
+            log.info(
+                "loadkit: InfluxDB sink on: %s, bucket %s", redact_url(url), options.influxdb_bucket
+            )
         else:
             log.info("loadkit: InfluxDB sink off (set INFLUXDB_V2_URL or --influxdb-url)")
     if not url:
@@ -88,7 +97,7 @@ def _open(environment: Any) -> None:
     SINKS.sink = InfluxSink(settings, LineFormatter(STATE.run_id, _worker_name(environment.runner)))
 
 
-def _close() -> dict[str, int] | None:
+def _close() -> dict[str, Any] | None:
     sink, SINKS.sink = SINKS.sink, None
     return sink.close().as_dict() if sink is not None else None
 
@@ -138,15 +147,17 @@ def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
         SINKS.totals[client_id] = stats
 
 
-def summary() -> dict[str, int] | None:
+def summary() -> dict[str, Any] | None:
     """Points written and dropped over all processes, or None when the sink is off."""
     if not SINKS.totals and SINKS.sink is None:
         return None
     parts = list(SINKS.totals.values())
     if SINKS.sink is not None:
         parts.append(SINKS.sink.stats.as_dict())
-    keys = ("written", "dropped", "failed_writes")
-    return {key: sum(part.get(key, 0) for part in parts) for key in keys}
+    keys = ("written", "dropped", "failed_writes", "rejected")
+    totals: dict[str, Any] = {key: sum(part.get(key, 0) for part in parts) for key in keys}
+    totals["rejection"] = next((p["rejection"] for p in parts if p.get("rejection")), "")
+    return totals
 
 
 def install() -> None:

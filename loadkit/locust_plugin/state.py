@@ -16,6 +16,7 @@ from loadkit.aggregate import Aggregate
 from loadkit.client import RequestSpec, StreamingClient
 from loadkit.emulator.launcher import EmulatorProcess
 from loadkit.fallback import FallbackPolicy, FallbackSettings
+from loadkit.locust_plugin.targets import TargetPolicy
 from loadkit.prompts import PromptFactory
 from loadkit.workload import Sampler, Workload, WorkloadError, load_workload, parse_workload
 
@@ -65,18 +66,21 @@ class RunState:
     stopping_at: int = 0  # perf_counter_ns when the run began to stop (0: it has not)
     final_reports: set[str] = field(default_factory=set)  # master: workers that sent theirs
     cache_ttl: str = "5m"
+    interrupted_by: str = ""  # "SIGINT" or "SIGTERM" when a signal ended the run
+    targets: TargetPolicy | None = None  # master/local: the targets chosen at start
 
     def prepare(self, options: Any, workload_data: dict[str, Any], target: str) -> None:
         """Build the client, sampler and prompt factory for a run (on every process)."""
         self.close_client()
         workload = parse_workload(workload_data, getattr(options, "workload", "workload"))
-        api_key = os.environ.get("ANTHROPIC_API_KEY") or ""
-        if not api_key:
-            if not getattr(options, "loadkit_embedded_url", ""):
+        if getattr(options, "loadkit_key_kind", "real") == "emulator":
+            api_key = EMULATOR_KEY  # a loadkit emulator: never the real key
+        else:
+            api_key = os.environ.get("ANTHROPIC_API_KEY") or ""
+            if not api_key:
                 raise WorkloadError(
                     "ANTHROPIC_API_KEY is not set (it is read from the environment only)"
                 )
-            api_key = EMULATOR_KEY
         seed = options.workload_seed or secrets.randbits(32)
         self.workload = workload
         self.client = StreamingClient(

@@ -114,6 +114,8 @@ def check(environment: Any, data: dict[str, Any]) -> list[str]:
     accounting = data.get("accounting")
     if accounting is None:
         say("note: the target is not a loadkit emulator: accounting not checked")
+    elif accounting.get("available") is False:
+        results.append(("accounting", False, f"unavailable: {accounting['reason']}"))
     else:
         mismatches = accounting["mismatches"]
         results.append(

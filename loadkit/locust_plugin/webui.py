@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hmac
 import io
 import json
 import os
@@ -11,11 +12,14 @@ from typing import Any
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.locust_plugin.capacity import check_spending_cap
 from loadkit.locust_plugin.state import STATE, load_workload_option, resolve_path
+from loadkit.locust_plugin.targets import TargetPolicy, TargetRefused
 from loadkit.slo import SLOError, parse_slos
 from loadkit.summary import summary_data, table_rows
 from loadkit.workload import WorkloadError
 
 TAB = "llm"
+# "user:password" for HTTP basic auth on the whole web UI (from the environment only).
+WEB_AUTH_ENV = "LOADKIT_WEB_AUTH"
 # Plain numbers (the tab shows them as they are, the CSV holds them as numbers).
 COLUMNS = [
     ("name", "Model x speed"),
@@ -103,13 +107,15 @@ def preflight(environment: Any, form: Any) -> str | None:
             or os.environ.get("ANTHROPIC_BASE_URL", "")
         )
         if target and target.rstrip("/") != getattr(options, "loadkit_embedded_url", ""):
-            cap = field("max_cost_usd") or "0"
-            try:
-                max_cost = float(cap)
-            except ValueError:
-                return f"max_cost_usd {cap!r} is not a number"
-            check_spending_cap(target, max_cost)
-    except (WorkloadError, ConfigError, SLOError) as err:
+            policy = STATE.targets or TargetPolicy(frozenset())
+            if policy.key_for(target) == "real":  # raises TargetRefused
+                cap = field("max_cost_usd") or "0"
+                try:
+                    max_cost = float(cap)
+                except ValueError:
+                    return f"max_cost_usd {cap!r} is not a number"
+                check_spending_cap(target, max_cost)
+    except (WorkloadError, ConfigError, SLOError, TargetRefused) as err:
         return str(err)
     return None
 
@@ -133,12 +139,38 @@ def install(web_ui: Any) -> None:
             response.set_data(json.dumps(payload))
         return response
 
+    credentials = os.environ.get(WEB_AUTH_ENV, "")
+    if credentials:
+
+        @web_ui.app.before_request
+        def basic_auth() -> Any:
+            """Every page and endpoint, Locust's own included, behind HTTP basic auth."""
+            given = request.authorization
+            user, _, password = credentials.partition(":")
+            if (
+                given is not None
+                and given.type == "basic"
+                and hmac.compare_digest(given.username or "", user)
+                and hmac.compare_digest(given.password or "", password)
+            ):
+                return None
+            return Response(
+                "authentication required",
+                401,
+                {"WWW-Authenticate": 'Basic realm="loadkit"'},
+            )
+
     @web_ui.app.before_request
     def refuse_a_bad_start() -> Any:
         """Check the start form's loadkit fields before Locust starts anything, so that a
         refused start says why in the form (Locust shows a /swarm answer's message)."""
         if request.method != "POST" or not request.path.endswith("/swarm"):
             return None
+        if web_ui.web_login:
+            from flask_login import current_user
+
+            if not current_user.is_authenticated:
+                return None  # Locust's login refuses it
         reason = preflight(web_ui.environment, request.form)
         if reason is None:
             return None

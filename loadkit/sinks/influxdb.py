@@ -18,11 +18,14 @@ point per model x speed per second), ``llm_run`` (run events, for annotations).
 from __future__ import annotations
 
 import logging
+import math
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from loadkit.record import ResultRecord
 
@@ -38,6 +41,14 @@ _HEADER_PREFIXES = (("anthropic-ratelimit-", "standard"), ("anthropic-fast-", "f
 
 
 _escaped_tags: dict[str, str] = {}
+
+
+RETRYABLE_STATUS = {408, 429}
+
+
+def _finite(value: float) -> float:
+    """Line protocol has no inf or nan (a server refuses the whole batch): 0 instead."""
+    return value if math.isfinite(value) else 0.0
 
 
 def _tag(value: str) -> str:
@@ -69,15 +80,26 @@ class SinkSettings:
 @dataclass
 class SinkStats:
     written: int = 0  # points the server accepted
-    dropped: int = 0  # records refused because the buffer was full, or left at close
+    dropped: int = 0  # points refused because the buffer was full, left at close, or rejected
     failed_writes: int = 0  # write calls that failed (and were retried)
+    rejected: int = 0  # points the server refused (a 4xx answer): dropped, not retried
+    rejection: str = ""  # the server's reason, from its last refusal
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "written": self.written,
             "dropped": self.dropped,
             "failed_writes": self.failed_writes,
+            "rejected": self.rejected,
+            "rejection": self.rejection,
         }
+
+
+def rejected_points(status: int, body: str, batch: int) -> int:
+    """How many points of a batch the server says it refused: its ``dropped=N`` when it
+    reports a partial write, else the whole batch."""
+    found = re.search(r"dropped=(\d+)", body)
+    return min(batch, int(found.group(1))) if found else batch
 
 
 class LineFormatter:
@@ -114,7 +136,7 @@ class LineFormatter:
             f"output_tokens={r.output_tokens}i,cache_read_tokens={r.cache_read_input_tokens}i,"
             f"cache_creation_tokens={r.cache_creation_input_tokens}i,"
             f"cache_tokens_lost={r.cache_tokens_lost}i,retry_wait_ms={wait_ms},"
-            f"queue_ms={max(0.0, queue_ms)},cost_usd={r.cost_usd}{optional} "
+            f"queue_ms={max(0.0, queue_ms)},cost_usd={_finite(r.cost_usd)}{optional} "
             f"{start + self.wall_offset_ns}"
         )
 
@@ -218,16 +240,37 @@ class InfluxSink:
         items = [buffer[i] for i in range(count)]
         lines = self._lines(items)
         from influxdb_client import WritePrecision
+        from influxdb_client.rest import ApiException
 
-        self._write_api.write(
-            bucket=self.settings.bucket,
-            org=self.settings.org,
-            record="\n".join(lines),
-            write_precision=WritePrecision.NS,
-        )
+        rejected = 0
+        try:
+            self._write_api.write(
+                bucket=self.settings.bucket,
+                org=self.settings.org,
+                record="\n".join(lines),
+                write_precision=WritePrecision.NS,
+            )
+        except ApiException as err:
+            status = int(err.status or 0)
+            if not 400 <= status < 500 or status in RETRYABLE_STATUS:
+                raise  # the server may take it later: kept, and retried
+            # Refused as it stands (bad lines, a missing bucket, a bad token): sending the
+            # batch again would be refused again. Dropped, counted, and said why.
+            body = str(err.body or err.reason or "")
+            rejected = rejected_points(status, body, len(lines))
+            self.stats.rejected += rejected
+            self.stats.dropped += rejected
+            self.stats.rejection = f"HTTP {status}: {body[:300]}"
+            log.error(
+                "InfluxDB refused %d of %d points (HTTP %d): %s",
+                rejected,
+                len(lines),
+                status,
+                body[:300],
+            )
         for _ in range(count):
             buffer.popleft()
-        self.stats.written += len(lines)
+        self.stats.written += len(lines) - rejected
         if self._line_file is not None:
             self._line_file.write("\n".join(lines) + "\n")
         return True
