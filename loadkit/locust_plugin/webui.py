@@ -14,7 +14,7 @@ from loadkit.locust_plugin.capacity import check_spending_cap
 from loadkit.locust_plugin.state import STATE, load_workload_option, resolve_path
 from loadkit.locust_plugin.targets import TargetPolicy, TargetRefused
 from loadkit.slo import SLOError, parse_slos
-from loadkit.summary import summary_data, table_rows
+from loadkit.summary import finite, summary_data, table_rows
 from loadkit.workload import WorkloadError
 
 TAB = "llm"
@@ -135,7 +135,7 @@ def install(web_ui: Any) -> None:
     def add_llm_rows(response: Any) -> Any:
         if request.path.endswith("/stats/requests") and response.is_json:
             payload = response.get_json()
-            payload["extended_stats"] = [{"key": TAB, "data": rows()}]
+            payload["extended_stats"] = [{"key": TAB, "data": finite(rows())}]
             response.set_data(json.dumps(payload))
         return response
 
@@ -189,6 +189,9 @@ def install(web_ui: Any) -> None:
     @web_ui.auth_required_if_enabled
     def llm_summary() -> Any:
         return Response(
-            json.dumps(summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)),
+            json.dumps(
+                finite(summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)),
+                allow_nan=False,
+            ),
             mimetype="application/json",
         )
