@@ -259,7 +259,15 @@ def test_compose_provisioning_and_code_agree() -> None:
     assert env["INFLUXDB_V2_ORG"] == init["DOCKER_INFLUXDB_INIT_ORG"]
     assert env["INFLUXDB_V2_BUCKET"] == init["DOCKER_INFLUXDB_INIT_BUCKET"]
     assert env["INFLUXDB_V2_URL"] == "http://influxdb:8086"
-    assert "8086:8086" in services["influxdb"]["ports"]
+    # Published on loopback unless LOADKIT_BIND says otherwise.
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("${LOADKIT_BIND:-127.0.0.1}:"), (name, port)
+    assert "${LOADKIT_BIND:-127.0.0.1}:8086:8086" in services["influxdb"]["ports"]
+    # The emulator's control endpoints need a token, which the harness sends.
+    harness = (ROOT / "loadkit" / "locust_plugin" / "validation.py").read_text()
+    assert "LOADKIT_EMULATOR_CONTROL_TOKEN" in services["emulator"]["environment"]
+    assert "LOADKIT_EMULATOR_CONTROL_TOKEN" in env and "LOADKIT_EMULATOR_CONTROL_TOKEN" in harness
     assert "${INFLUXDB_TOKEN" in env["INFLUXDB_V2_TOKEN"]  # from the environment, not written
     # Grafana: the provisioned datasource is the InfluxDB service, and the dashboard uses it.
     datasources = yaml.safe_load(
@@ -289,7 +297,7 @@ def test_compose_provisioning_and_code_agree() -> None:
     assert any(
         arg.startswith("--workload=") and (ROOT / arg.split("=")[1]).exists() for arg in master
     )
-    assert "8089:8089" in services["master"]["ports"]
+    assert "${LOADKIT_BIND:-127.0.0.1}:8089:8089" in services["master"]["ports"]
     assert "--master-host=master" in services["worker"]["command"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "EXPOSE 8000 8089 5557" in dockerfile

@@ -16,6 +16,7 @@ master at the end; any breach makes the run exit with code 3:
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -31,6 +32,8 @@ from loadkit.locust_plugin.state import STATE
 
 log = logging.getLogger("loadkit")
 RECOVERED_LIMIT_PER_MINUTE = 1e12
+# The emulator's control token, if it requires one (the same variable the emulator reads).
+CONTROL_TOKEN_ENV = "LOADKIT_EMULATOR_CONTROL_TOKEN"
 SCENARIO_WORKLOAD = "workloads/fast-fallback.yaml"
 SCENARIO_EMULATOR_CONFIG = "workloads/emulator/fast-fallback.yaml"
 
@@ -74,7 +77,11 @@ def _drive_recovery(target: str, recover_at: float, grace: float) -> None:
         }
     }
     try:
-        httpx2.post(f"{target}/_emulator/config", json=patch, timeout=10).raise_for_status()
+        token = os.environ.get(CONTROL_TOKEN_ENV, "")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        httpx2.post(
+            f"{target}/_emulator/config", json=patch, headers=headers, timeout=10
+        ).raise_for_status()
         RECOVERY.recovered_at = time.time()
         log.info("loadkit: fast-mode limit lifted at %.1f s", recover_at)
         gevent.sleep(grace)
