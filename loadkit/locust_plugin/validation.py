@@ -32,6 +32,7 @@ from loadkit.locust_plugin.state import STATE
 
 log = logging.getLogger("loadkit")
 RECOVERED_LIMIT_PER_MINUTE = 1e12
+RECOVERY_JOIN_S = 15.0
 # The emulator's control token, if it requires one (the same variable the emulator reads).
 CONTROL_TOKEN_ENV = "LOADKIT_EMULATOR_CONTROL_TOKEN"
 SCENARIO_WORKLOAD = "workloads/fast-fallback.yaml"
@@ -44,6 +45,7 @@ class _Recovery:
         self.baseline: dict[str, Any] | None = None  # emulator stats after the grace period
         self.recovered_at: float | None = None
         self.error = ""  # why the recovery could not be driven
+        self.started_at = 0.0  # time.time() at the run's start
 
 
 RECOVERY = _Recovery()
@@ -98,6 +100,7 @@ def _test_start(environment: Any, **_: Any) -> None:
         RECOVERY.greenlet.kill(block=False)
     RECOVERY.baseline = RECOVERY.recovered_at = None
     RECOVERY.error = ""
+    RECOVERY.started_at = time.time()
     options = environment.parsed_options
     target = getattr(options, "loadkit_target", "")
     if options.recover_at > 0 and target and STATE.emulator_counters is not None:
@@ -163,8 +166,17 @@ def check(environment: Any, data: dict[str, Any]) -> list[str]:
     )
     target = getattr(environment.parsed_options, "loadkit_target", "")
     if environment.parsed_options.recover_at > 0:
+        if RECOVERY.greenlet is not None and RECOVERY.baseline is None and not RECOVERY.error:
+            RECOVERY.greenlet.join(timeout=RECOVERY_JOIN_S)  # its last request may be slow
         if RECOVERY.baseline is None:
-            why = RECOVERY.error or "the run ended before the recovery and its grace period"
+            lifted = (
+                f"the limit was lifted {RECOVERY.recovered_at - RECOVERY.started_at:.1f} s in"
+                if RECOVERY.recovered_at is not None
+                else "the limit was never lifted"
+            )
+            why = RECOVERY.error or (
+                f"the run ended before the recovery and its grace period ({lifted})"
+            )
             results.append(("no retry storm", False, why))
         else:
             after = emulator_counts(_stats(target)) - emulator_counts(RECOVERY.baseline)
