@@ -234,13 +234,20 @@ class StreamingClient:
             record.t_send = now
 
         def sent(event: str, info: Any) -> None:
-            # t_send is when the body has been written to the socket, not when the request
-            # object was built: the transport's own overhead is not the server's latency.
-            if event.endswith("send_request_body.complete"):
-                attempt.sent = True
-                attempt.t_send = sent_at = _now()
+            # t_send is read just before the request's body is written (httpcore traces this
+            # before its body write; the lean transport before its one write of head and
+            # body): the server cannot start before those bytes, so t_send is never later
+            # than the send, while the transport's own work before it (pool, connect, TLS
+            # handshake, the head's write on httpcore) is not counted as the server's.
+            # Read once the write returned, it could be late by any pause in between (a
+            # GIL hand-over, a collection) while the answer's arrival is stamped by the
+            # kernel: TTFT would come out short, even negative.
+            if event.endswith("send_request_body.started"):
+                attempt.t_send = started = _now()
                 if first:
-                    record.t_send = sent_at
+                    record.t_send = started
+            elif event.endswith("send_request_body.complete"):
+                attempt.sent = True  # the whole request was written
 
         request.extensions["trace"] = sent
 

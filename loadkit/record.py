@@ -23,7 +23,8 @@ class Attempt:
     """One HTTP attempt (the SDK's retries and a fallback each make one)."""
 
     speed: str
-    t_send: int  # perf_counter_ns when handed to the transport
+    t_send: int  # perf_counter_ns just before the request's body is written (until then:
+    # when it was handed to the transport)
     t_headers: int = 0
     status: int = 0
     error_type: str | None = None
@@ -123,7 +124,9 @@ class ResultRecord:
         """TTFT counted from the intended start (open-loop), lateness included."""
         if not self.t_first_token:
             return None
-        return (self.t_first_token - (self.t_intended or self.t_send)) / 1e6
+        # (a start a hair before its schedule, on gevent's cached clock, is not subtracted)
+        start = min(self.t_intended, self.t_send) if self.t_intended else self.t_send
+        return (self.t_first_token - start) / 1e6
 
     @property
     def otps(self) -> float | None:

@@ -8,9 +8,13 @@ bytes of that read.
 
 Each read also carries the time its bytes reached this host: on Linux the kernel stamps
 every received segment (``SO_TIMESTAMPNS``), and that stamp is moved onto the
-``perf_counter_ns`` clock. A busy load generator then reads late without measuring late.
+``perf_counter_ns`` clock. A busy load generator then reads late without measuring late,
+unless it reads so late that one read takes several segments: a read has one stamp, the
+latest segment's (Linux's TCP), so the earlier bytes of that read are dated late.
 TLS runs in memory (``ssl.SSLObject``) so that the encrypted bytes are read, and stamped,
-by the same call.
+by the same call. No read is stamped earlier than the previous one, nor earlier than the
+start of the request's write, which is traced (``http11.send_request_body.started``) just
+before it happens, so that a client can take its send time there.
 
 Read and write timeouts are enforced by one watchdog thread per transport, which shuts down
 a socket that made no progress in time: a per-read timer would cost more than the read.
@@ -48,12 +52,16 @@ _perf_ns = time.perf_counter_ns
 _wall_ns = time.time_ns
 
 
-def _arrival(ancillary: list[tuple[int, int, bytes]], now: int) -> int:
-    """The kernel's receive stamp as a perf_counter_ns time (``now`` when there is none)."""
+def _arrival(ancillary: list[tuple[int, int, bytes]], now: int, wall: int) -> int:
+    """The kernel's receive stamp as a perf_counter_ns time (``now`` when there is none).
+
+    ``wall`` is the wall clock read just before ``now``: a pause between the two reads
+    can only make the result later than the true arrival, never earlier.
+    """
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
             seconds, nanos = TIMESPEC.unpack_from(data)
-            age = _wall_ns() - (seconds * 1_000_000_000 + nanos)
+            age = wall - (seconds * 1_000_000_000 + nanos)
             if 0 <= age < MAX_STAMP_AGE_NS:
                 return now - age
     return now
@@ -91,7 +99,9 @@ class _Connection:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
                 self.stamps = True
-        self.t_read = 0  # when the bytes of the last read arrived (perf_counter_ns)
+        # when the bytes of the last read arrived (perf_counter_ns); never earlier than the
+        # previous read's, nor than the start of the request's write
+        self.t_read = 0
         self.progress_ns = 0  # when the last read returned, or the last wait began
         self.timeout_ns = 0  # how long a wait may last before the watchdog ends it; 0: ever
         self.timed_out = False
@@ -114,7 +124,7 @@ class _Connection:
     def arm(self, timeout_s: float | None) -> None:
         """From now on, each wait for the socket may last ``timeout_s`` (None: no limit)."""
         self.timeout_ns = int(timeout_s * 1e9) if timeout_s else 0
-        self.progress_ns = self.t_read = _perf_ns()
+        self.progress_ns = _perf_ns()
 
     def sendall(self, data: bytes) -> None:
         if self.tls is None:
@@ -145,8 +155,13 @@ class _Connection:
     def _recv_wire(self) -> bytes:
         if self.stamps:
             data, ancillary, _, _ = self.sock.recvmsg(RECV_BYTES, ANCILLARY_BYTES)
+            wall = _wall_ns()
             self.progress_ns = now = _perf_ns()
-            self.t_read = _arrival(ancillary, now)
+            arrival = _arrival(ancillary, now, wall)
+            # Bytes cannot arrive before earlier ones, nor before the request was sent: a
+            # step of the wall clock (the kernel's stamps are wall-clock times) could say so.
+            if arrival > self.t_read:
+                self.t_read = arrival
         else:
             data = self.sock.recv(RECV_BYTES)
             self.progress_ns = self.t_read = _perf_ns()
@@ -471,7 +486,14 @@ class LeanTransport(httpx2.BaseTransport):
         timeouts: dict[str, Any],
     ) -> httpx2.Response:
         trace = request.extensions.get("trace")
+        if trace is not None:
+            # Right before the write (of head and body at once), as httpcore traces before
+            # its body write: a clock read here is never later than the send, where one
+            # read after the write could be, by any pause in between.
+            info = {"request": request}
+            trace("http11.send_request_body.started", info)
         connection.arm(timeouts.get("write"))
+        connection.t_read = connection.progress_ns  # no byte of the answer arrives before
         try:
             connection.sendall(payload)
         except (ConnectionTimedOut, OSError) as err:
@@ -479,7 +501,7 @@ class LeanTransport(httpx2.BaseTransport):
                 raise httpx2.WriteTimeout("write timed out", request=request) from err
             raise httpx2.WriteError(str(err), request=request) from err
         if trace is not None:
-            trace("http11.send_request_body.complete", {"request": request})
+            trace("http11.send_request_body.complete", info)
 
         connection.arm(timeouts.get("read"))
         exchange = _Exchange()

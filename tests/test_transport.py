@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from loadkit import transport as lean
 from loadkit.emulator.launcher import EmulatorProcess
 from loadkit.transport import LeanTransport
 
@@ -286,6 +287,55 @@ def test_reads_carry_the_time_their_bytes_arrived(
     assert body.t_headers <= reads[0][0] <= arrived
     # the second part reached the host ~0.1 s after the first and ~0.3 s before it was read
     assert 0.2e9 < read_at - arrived < 0.4e9, (read_at - arrived) / 1e9
+
+
+def answer_ok(received_at: list[int]) -> Handler:
+    def handler(conn: socket.socket) -> None:
+        while read_request(conn):
+            received_at.append(time.perf_counter_ns())
+            conn.sendall(CHUNKED_HEAD + chunked(b"first", b"second"))
+
+    return handler
+
+
+def traced_exchange(port: int) -> tuple[list[tuple[str, int]], int, list[int]]:
+    """One POST with a trace: (events and when they were traced, t_headers, read times)."""
+    events: list[tuple[str, int]] = []
+
+    def trace(name: str, info: object) -> None:
+        events.append((name, time.perf_counter_ns()))
+
+    http = client(port)
+    with http, http.stream("POST", "/", content=b"x", extensions={"trace": trace}) as response:
+        body = response.extensions["loadkit_body"]
+        reads = [at for at, _ in body.timed_reads()]
+    return events, body.t_headers, reads
+
+
+def test_the_send_is_traced_just_before_the_write(serve: Callable[..., ScriptedServer]) -> None:
+    received_at: list[int] = []
+    server = serve(answer_ok(received_at))
+    events, t_headers, reads = traced_exchange(server.port)
+    names = [name for name, _ in events]
+    assert names == ["http11.send_request_body.started", "http11.send_request_body.complete"]
+    started = events[0][1]
+    # a clock read at "started" is never later than the server's receipt, nor than the
+    # answer's arrival (a read once the write returned could be, by any pause)
+    assert started < received_at[0] < t_headers <= reads[0] <= reads[-1]
+
+
+@pytest.mark.skipif(not lean.KERNEL_STAMPS, reason="kernel receive stamps are Linux-only")
+def test_a_wall_clock_step_cannot_date_an_answer_before_its_request(
+    serve: Callable[..., ScriptedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel stamps arrivals in wall-clock time: were the wall clock stepped 2 s forward
+    # between an arrival and its read, the arrival would seem 2 s earlier than it was.
+    monkeypatch.setattr(lean, "_wall_ns", lambda: time.time_ns() + 2_000_000_000)
+    received_at: list[int] = []
+    events, t_headers, reads = traced_exchange(serve(answer_ok(received_at)).port)
+    started = events[0][1]
+    assert started < t_headers <= reads[0] <= reads[-1]  # no earlier than the write began
+    assert t_headers < received_at[0]  # the stamp did say "earlier": that was the floor
 
 
 def test_a_write_the_server_never_reads_times_out(serve: Callable[..., ScriptedServer]) -> None:
