@@ -109,6 +109,8 @@ class Group:
             last = attempts[-1]
             if not last.sent:
                 last_outcome = UNSENT
+            elif record.bad_usage is not None and record.error_type == "bad_usage":
+                last_outcome = Outcome.OK.value  # the server completed it; its usage was bad
             elif last.status >= 400 and record.outcome in GONE_BEFORE_THE_END:
                 # answered, and then cut by the run's end (say while waiting out retry-after)
                 last_outcome = attempt_outcome(last.status)

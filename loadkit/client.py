@@ -38,6 +38,7 @@ _now = time.perf_counter_ns
 _current: contextvars.ContextVar[tuple[ResultRecord, str] | None] = contextvars.ContextVar(
     "loadkit_exchange", default=None
 )
+BAD_USAGE = "bad_usage"  # error type of a request whose answer's usage is not counts
 RATE_LIMIT_PREFIXES = ("anthropic-ratelimit-", "anthropic-fast-")
 STATUS_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -466,6 +467,8 @@ class StreamingClient:
 
     @staticmethod
     def _finish(record: ResultRecord, spec: RequestSpec) -> None:
+        if record.bad_usage is not None and record.outcome is Outcome.OK:
+            StreamingClient._fail(record, Outcome.CLIENT_ERROR, BAD_USAGE, record.bad_usage)
         served = record.served_speed or spec.speed
         record.cost_usd = cost_usd(
             record.model,
@@ -496,14 +499,34 @@ def _warn_if_proxied(base_url: str) -> None:
         )
 
 
-def _take_usage(record: ResultRecord, usage: dict[str, Any]) -> None:
-    if "input_tokens" in usage and usage["input_tokens"] is not None:
-        record.input_tokens = usage["input_tokens"]
-    if usage.get("output_tokens") is not None:
-        record.output_tokens = usage["output_tokens"]
-    if usage.get("cache_read_input_tokens") is not None:
-        record.cache_read_input_tokens = usage["cache_read_input_tokens"]
-    if usage.get("cache_creation_input_tokens") is not None:
-        record.cache_creation_input_tokens = usage["cache_creation_input_tokens"]
-    if usage.get("speed"):
-        record.served_speed = usage["speed"]
+USAGE_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
+MAX_USAGE_TOKENS = 10**9  # far past any context window: a larger count is not a count
+SPEEDS = ("standard", "fast")
+
+
+def _take_usage(record: ResultRecord, usage: Any) -> None:
+    """Take the server's token counts and speed; a value that is not one (a string, a
+    fraction, a huge or negative number, an unknown speed) is noted, not taken: the request
+    then ends as a ``client_error`` (``bad_usage``) naming the raw value."""
+    if not isinstance(usage, dict):
+        record.bad_usage = f"usage is {usage!r}, not an object"
+        return
+    for name in USAGE_COUNTS:
+        value = usage.get(name)
+        if value is None:
+            continue
+        if type(value) is not int or not 0 <= value <= MAX_USAGE_TOKENS:
+            record.bad_usage = f"usage.{name} is {value!r}, not a whole number of tokens"
+            continue
+        setattr(record, name, value)
+    speed = usage.get("speed")
+    if speed:
+        if speed in SPEEDS:
+            record.served_speed = speed
+        else:
+            record.bad_usage = f"usage.speed is {speed!r}, not one of {', '.join(SPEEDS)}"

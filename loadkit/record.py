@@ -68,6 +68,7 @@ class ResultRecord:
     fell_back: bool = False
     cache_tokens_lost: int = 0  # cache reads the original speed would have had (fallbacks)
     cost_usd: float = 0.0
+    bad_usage: str | None = None  # why the server's usage could not be taken
 
     def restart(self) -> None:
         """Forget the previous call's answer before the next call of the same request."""
@@ -79,6 +80,7 @@ class ResultRecord:
         self.outcome = Outcome.OK
         self.input_tokens = self.output_tokens = 0
         self.cache_read_input_tokens = self.cache_creation_input_tokens = 0
+        self.bad_usage = None
 
     @property
     def fallback_delay_ms(self) -> float | None:

@@ -267,3 +267,108 @@ def test_basic_auth_guards_the_whole_web_ui(tmp_path: Path) -> None:
         process.terminate()
         process.wait(timeout=30)
     assert "s3cret-pass" not in (tmp_path / "locust.log").read_text()
+
+
+def sse(usage_json: str) -> bytes:
+    events = [
+        ("message_start", '{"type":"message_start","message":{"id":"msg_1","type":"message",'
+         '"role":"assistant","model":"claude-haiku-4-5","content":[],"stop_reason":null,'
+         '"usage":' + usage_json + "}}"),
+        ("content_block_start", '{"type":"content_block_start","index":0,'
+         '"content_block":{"type":"text","text":""}}'),
+        *[("content_block_delta", '{"type":"content_block_delta","index":0,'
+           '"delta":{"type":"text_delta","text":"hi "}}')] * 3,
+        ("content_block_stop", '{"type":"content_block_stop","index":0}'),
+        ("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+         '"usage":{"output_tokens":3}}'),
+        ("message_stop", '{"type":"message_stop"}'),
+    ]  # fmt: skip
+    return "".join(f"event: {name}\ndata: {data}\n\n" for name, data in events).encode()
+
+
+class OddUsageTarget(http.server.BaseHTTPRequestHandler):
+    """A Messages API look-alike whose usage holds ``usage_json`` (text, sent as it is)."""
+
+    protocol_version = "HTTP/1.1"
+    usage_json = '{"input_tokens": 10, "output_tokens": 1}'
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.path.startswith("/v1/messages/count_tokens"):
+            payload = json.dumps({"input_tokens": max(1, len(body) // 4)}).encode()
+            content_type = "application/json"
+        else:
+            payload, content_type = sse(self.usage_json), "text/event-stream"
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def odd_usage_target() -> Iterator[tuple[str, type[OddUsageTarget]]]:
+    handler = type("Handler", (OddUsageTarget,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("usage", "shown"),
+    [
+        ('{"input_tokens": "100", "output_tokens": 1}', "'100'"),
+        ('{"input_tokens": 1e400, "output_tokens": 1}', "inf"),
+        ('{"input_tokens": -5, "output_tokens": 1}', "-5"),
+        ('{"input_tokens": 10, "output_tokens": 1, "speed": "x y=1"}', "'x y=1'"),
+    ],
+)
+def test_odd_usage_is_a_counted_client_error_naming_the_value(
+    odd_usage_target: tuple[str, type[OddUsageTarget]], usage: str, shown: str
+) -> None:
+    from loadkit.client import RequestSpec, StreamingClient
+    from loadkit.record import Outcome
+
+    url, handler = odd_usage_target
+    handler.usage_json = usage
+    client = StreamingClient(url, "k")
+    try:
+        record = client.send(
+            RequestSpec("claude-haiku-4-5", "standard", 10, [{"role": "user", "content": "hi"}])
+        )
+    finally:
+        client.close()
+    assert record.outcome is Outcome.CLIENT_ERROR and record.error_type == "bad_usage"
+    assert shown in (record.error_message or "")
+    assert record.cost_usd == record.cost_usd and record.cost_usd < 1  # finite, not poisoned
+
+
+def test_a_run_against_odd_usage_loses_no_request_and_writes_strict_json(
+    tmp_path: Path, odd_usage_target: tuple[str, type[OddUsageTarget]]
+) -> None:
+    url, handler = odd_usage_target
+    handler.usage_json = '{"input_tokens": 1e400, "output_tokens": 1}'
+    lines = tmp_path / "lines.txt"
+    process = start_locust(
+        tmp_path, "-u", "4", "-r", "4", "-t", "3s", "--target-url", url,
+        "--influxdb-url", f"http://127.0.0.1:{free_port()}", "--influxdb-optional",
+        "--influxdb-line-file", str(lines), env={"ANTHROPIC_API_KEY": "k"},
+    )  # fmt: skip
+    _, err = process.communicate(timeout=90)
+    text = (tmp_path / "summary.json").read_text()
+    data = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    total = data["total"]
+    assert total["requests"] > 10, err[-3000:]
+    assert total["failures_by_type"] == {"client_error: bad_usage": total["requests"]}
+    assert process.returncode == 5  # nothing completed: every answer's usage was bad
+    assert "Infinity" not in text and "NaN" not in text
