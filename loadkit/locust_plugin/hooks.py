@@ -363,7 +363,10 @@ def _quitting(environment: Any, **_: Any) -> None:
         # signals quit a running run: -t, the cost guard and a failed start stop it first.)
         STATE.interrupted_by = STATE.interrupted_by or "SIGINT"
         say(f"loadkit: {STATE.interrupted_by}: stopping the run before writing its results")
-        runner.stop()
+        if isinstance(runner, WorkerRunner):
+            _stop_and_report(environment, None)  # its last requests reach the master
+        else:
+            runner.stop()
     STATE.close_client()
     if isinstance(runner, WorkerRunner):
         return
