@@ -86,13 +86,20 @@ class PromptFactory:
     def _build_system(self, per_char: float) -> Any:
         if not self._system_prefix_tokens:
             return None
-        text = self.corpus[: max(1, int(self._system_prefix_tokens / per_char))]
+        text = self._prefix_text(max(1, int(self._system_prefix_tokens / per_char)))
         block: dict[str, Any] = {"type": "text", "text": text}
         if self._cache_prefix:
             block["cache_control"] = {"type": "ephemeral"}
             if self._cache_ttl == "1h":
                 block["cache_control"]["ttl"] = "1h"
         return [block]
+
+    def _prefix_text(self, chars: int) -> str:
+        """The first ``chars`` characters of the corpus repeated end to end: the same text on
+        every request (so it can be cached), of the full size even past the corpus's end."""
+        corpus = self.corpus
+        repeats = -(-chars // (len(corpus) + 1))
+        return " ".join([corpus] * repeats)[:chars]
 
     def calibrated(self, model: str) -> bool:
         return model in self._calibrations

@@ -2,6 +2,18 @@
 
 A workload is validated completely when loaded, before any user starts; errors name the file
 and the field. Sampling a request is a few random draws (no I/O, no tokenizer).
+
+Bounds (every number must also be finite: ``.inf`` and ``.nan`` are refused):
+
+- no request larger than the largest context window of the known models: the system prefix
+  plus the largest prompt plus the largest ``max_tokens`` at most ``MAX_CONTEXT_TOKENS``
+  (1M tokens: Claude Opus 4.6 and Sonnet 4.5/4.6 with the 1M-context beta; 200K otherwise);
+- ``max_tokens`` at most ``MAX_OUTPUT_TOKENS`` (128K, Opus 4.6's maximum output; 64K on
+  Sonnet 4.5 and Haiku 4.5);
+- ``prompt_tokens`` and ``max_tokens`` distributions that can draw any size (``normal`` and
+  ``lognormal`` without ``max``) must be given a ``max``;
+- weights at most ``MAX_WEIGHT`` (10^9), ``fallback.max_wait_s`` at most
+  ``MAX_FALLBACK_WAIT_S`` (3600), and the distributions' own bounds (``loadkit.distributions``).
 """
 
 from __future__ import annotations
@@ -11,35 +23,88 @@ import itertools
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from loadkit.catalog import MODELS
-from loadkit.distributions import Distribution, Fixed
+from loadkit.distributions import MAX_WEIGHT, Distribution, Fixed
 from loadkit.fallback import FallbackSettings
 from loadkit.slo import SLOError, parse_slo
 from loadkit.yamlfiles import describe_validation_error, read_yaml
 
 Speed = Literal["standard", "fast"]
+#: The largest context window of the known models (1M tokens with the 1M-context beta on
+#: Opus 4.6 and Sonnet 4.5/4.6; 200K otherwise): input plus max_tokens of one request.
+MAX_CONTEXT_TOKENS = 1_000_000
+#: The largest max output of the known models (Opus 4.6: 128K; Sonnet 4.5, Haiku 4.5: 64K).
+MAX_OUTPUT_TOKENS = 128_000
+MAX_FALLBACK_WAIT_S = 3600.0
+Weight = Annotated[float, Field(ge=0, le=MAX_WEIGHT)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _bounded(dist: Distribution | None, most: int, what: str) -> Distribution | None:
+    """``dist`` if every draw is at most ``most``, else a ValueError saying why."""
+    if dist is None:
+        return None
+    highest = dist.highest
+    if highest is None:
+        raise ValueError(
+            f"a {dist.kind} distribution without max can draw any size: it needs a max "
+            f"(at most {most}: {what})"
+        )
+    if highest > most:
+        raise ValueError(f"can draw {highest}; must be at most {most} ({what})")
+    return dist
+
+
+class _TokenBounds(_Strict):
+    """The bounds of the ``prompt_tokens`` and ``max_tokens`` of a workload or a model entry."""
+
+    @field_validator("prompt_tokens", check_fields=False)
+    @classmethod
+    def _prompt_bound(cls, dist: Distribution | None) -> Distribution | None:
+        return _bounded(dist, MAX_CONTEXT_TOKENS, "the largest context window, in tokens")
+
+    @field_validator("max_tokens", check_fields=False)
+    @classmethod
+    def _output_bound(cls, dist: Distribution | None) -> Distribution | None:
+        return _bounded(dist, MAX_OUTPUT_TOKENS, "the largest max output, in tokens")
 
 
 class SystemPrefix(_Strict):
     """A system prompt shared by every request of the run, optionally marked for caching."""
 
-    tokens: int = Field(ge=1)
+    tokens: int = Field(ge=1, le=MAX_CONTEXT_TOKENS)
     cache: bool = True
     ttl: Literal["5m", "1h"] = "5m"
 
 
-class ModelMix(_Strict):
+class BoundedFallbackSettings(FallbackSettings):
+    """``loadkit.fallback``'s settings, with finite numbers and a bounded wait."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    max_wait_s: float = Field(
+        default=5.0, ge=0, le=MAX_FALLBACK_WAIT_S, description="retry-then-standard's bound"
+    )
+
+
+class ModelMix(_TokenBounds):
     model: str
-    weight: float = Field(default=1.0, ge=0)
-    speeds: dict[Speed, float] = Field(default_factory=lambda: {"standard": 1.0})
+    weight: Weight = 1.0
+    speeds: dict[Speed, Weight] = Field(default_factory=lambda: {"standard": 1.0})
     prompt_tokens: Distribution | None = None
     max_tokens: Distribution | None = None
     expect_errors: bool = Field(
@@ -62,7 +127,7 @@ class ModelMix(_Strict):
         return self
 
 
-class Workload(_Strict):
+class Workload(_TokenBounds):
     name: str = Field(default="workload", pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     models: list[ModelMix] = Field(min_length=1)
@@ -71,7 +136,7 @@ class Workload(_Strict):
     temperature: float | None = Field(default=None, ge=0, le=1)
     system_prefix: SystemPrefix | None = None
     stop_sequences: list[str] = Field(default_factory=list)
-    fallback: FallbackSettings = Field(default_factory=FallbackSettings)
+    fallback: BoundedFallbackSettings = Field(default_factory=BoundedFallbackSettings)
     slos: list[str] = Field(default_factory=list, description="SLO expressions (see loadkit.slo)")
 
     @model_validator(mode="after")
@@ -83,10 +148,20 @@ class Workload(_Strict):
                 raise ValueError(f"slos.{i}: {err}") from None
         if sum(m.weight for m in self.models) <= 0:
             raise ValueError("models: weights sum to zero")
+        prefix = self.system_prefix.tokens if self.system_prefix else 0
         for i, mix in enumerate(self.models):
             dist = mix.max_tokens or self.max_tokens
             if dist.lowest < 1:
                 raise ValueError(f"models.{i}.max_tokens: can draw {dist.lowest}; must be >= 1")
+            prompt = mix.prompt_tokens or self.prompt_tokens
+            largest = prefix + (prompt.highest or 0) + (dist.highest or 0)
+            if largest > MAX_CONTEXT_TOKENS:
+                raise ValueError(
+                    f"models.{i}: its largest request is {largest} tokens "
+                    f"(system_prefix.tokens {prefix} + prompt_tokens up to {prompt.highest} "
+                    f"+ max_tokens up to {dist.highest}); the largest context window holds "
+                    f"{MAX_CONTEXT_TOKENS}"
+                )
         return self
 
 
@@ -124,7 +199,9 @@ class _Choice:
         self.total = self.cumulative[-1]
 
     def pick(self, rng: random.Random) -> Any:
-        return self.items[bisect.bisect_right(self.cumulative, rng.random() * self.total)]
+        index = bisect.bisect_right(self.cumulative, rng.random() * self.total)
+        # random() < 1, but its product with a tiny (subnormal) total can round up to it
+        return self.items[min(index, len(self.items) - 1)]
 
 
 class Sampler:

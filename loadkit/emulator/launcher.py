@@ -1,13 +1,23 @@
-"""Start an emulator in a child process on a free loopback port, and stop it."""
+"""Start an emulator in a child process on a free loopback port, and stop it.
+
+The child dies with its parent, even one killed with SIGKILL (a crashed or killed Locust
+master must not leave an emulator behind): on Linux it asks the kernel for SIGTERM when its
+parent dies (``prctl(PR_SET_PDEATHSIG)``), set first thing in the child and followed by a
+check that the parent is still the one that started it (closing the race with a parent that
+died before); everywhere, a watchdog thread polls the parent pid every second and stops the
+child when it changes (SIGTERM, then a hard exit if the emulator has not stopped 5 s later).
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +26,9 @@ from typing import Any
 import yaml
 
 READY_PREFIX = "loadkit emulator listening on "
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+PARENT_POLL_S = 1.0
+STOP_GRACE_S = 5.0
 
 
 class EmulatorStartError(RuntimeError):
@@ -51,7 +64,14 @@ class EmulatorProcess:
         self.base_url = ""
 
     def start(self) -> str:
-        command = [sys.executable, "-m", "loadkit", "emulator", "--host", self._host, "--port", "0"]
+        # The kernel's parent-death signal follows the *thread* that forks the child: ask for
+        # it only from the main thread (Locust's greenlets all run there), else a thread that
+        # ends would kill the emulator; the watchdog covers the other cases.
+        deathsig = threading.current_thread() is threading.main_thread()
+        command = [
+            sys.executable, "-m", "loadkit.emulator.launcher", str(os.getpid()), str(int(deathsig)),
+            "emulator", "--host", self._host, "--port", "0",
+        ]  # fmt: skip
         path = self._config_path
         if self._config is not None:
             self._tempdir = tempfile.TemporaryDirectory(prefix="loadkit-emulator-")
@@ -122,3 +142,48 @@ class EmulatorProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# The child's side --------------------------------------------------------------------------
+def _set_parent_death_signal() -> None:
+    """Linux: the kernel sends SIGTERM to this process when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - no usable libc; the watchdog stays
+        pass
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this process once ``parent`` is no longer its parent (it died: we were adopted)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    print(f"loadkit emulator: parent process {parent} is gone, stopping", file=sys.stderr)
+    os.kill(os.getpid(), signal.SIGTERM)  # the emulator's own orderly stop
+    time.sleep(STOP_GRACE_S)
+    os._exit(1)  # it did not stop in time
+
+
+def tie_to_parent(parent: int, deathsig: bool = True) -> None:
+    """Make this process die with ``parent``; exits at once if ``parent`` is already gone."""
+    if deathsig:
+        _set_parent_death_signal()
+    # A parent that died before the line above sent no signal, and never will: check now.
+    if os.getppid() != parent:
+        print(f"loadkit emulator: parent process {parent} is gone", file=sys.stderr)
+        raise SystemExit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m loadkit.emulator.launcher PARENT_PID DEATHSIG emulator ...``."""
+    tie_to_parent(int(argv[0]), deathsig=argv[1] == "1")
+    from loadkit.cli import main
+
+    return main(argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

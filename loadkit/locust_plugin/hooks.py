@@ -27,7 +27,7 @@ from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.gctune import tune_gc
 from loadkit.locust_plugin import capacity, influx, targets, webui
 from loadkit.locust_plugin.console import say
-from loadkit.locust_plugin.options import add_options
+from loadkit.locust_plugin.options import add_options, check_options
 from loadkit.locust_plugin.state import (
     STATE,
     fallback_settings,
@@ -65,8 +65,11 @@ def _options(parser: Any, **_: Any) -> None:
 
 def _fail_run(environment: Any, message: str) -> None:
     """A run that cannot start: say why, once, and end it with exit code 2."""
-    log.error("%s", message)
-    say(f"loadkit: {message}")
+    say(f"loadkit: {message}")  # stderr, where Locust's log goes too, unless --logfile
+    options = environment.parsed_options
+    if options is not None and getattr(options, "logfile", None):
+        log.error("%s", message)
+    STATE.refused = True
     environment.process_exit_code = 2
     runner = environment.runner
     if environment.parsed_options and environment.parsed_options.headless:
@@ -98,6 +101,9 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
             load_config(resolve_path(environment.parsed_options.emulator_config))
     except (WorkloadError, ConfigError) as err:
         _fail_run(environment, str(err))
+        # A headless run quits now, but Locust starts it all the same: test_start must not
+        # load the file again (and say the same thing a second time).
+        STATE.refused_at_init = bool(environment.parsed_options.headless)
 
 
 def _given_target(environment: Any) -> str:
@@ -137,8 +143,13 @@ def _test_start(environment: Any, **_: Any) -> None:
     STATE.finished = STATE.stopped = False
     STATE.stopping_at = 0
     STATE.aggregate.reset()
+    STATE.refused = False
+    if STATE.refused_at_init:
+        STATE.refused = True
+        return
     if not isinstance(runner, WorkerRunner):
         try:
+            check_options(options)  # values from the web form skip argparse's checks
             workload = load_workload_option(options.workload)
             options.loadkit_workload_data = workload.model_dump(mode="json", by_alias=True)
             options.loadkit_workload_slos = workload.slos
@@ -357,7 +368,8 @@ def _record_sigterm() -> None:
 def _quitting(environment: Any, **_: Any) -> None:
     runner = environment.runner
     gevent.sleep(0)  # let a signal's recorder run (Locust's handler may have run first)
-    if runner is not None and runner.state not in (STATE_INIT, STATE_STOPPED, STATE_STOPPING):
+    running = runner is not None and runner.state not in (STATE_INIT, STATE_STOPPED, STATE_STOPPING)
+    if running and not STATE.refused:
         # Interrupted (Ctrl-C, SIGTERM) while running: Locust quits after this listener, so
         # stop sending now, honouring --stop-timeout, and build the outputs after that. (Only
         # signals quit a running run: -t, the cost guard and a failed start stop it first.)

@@ -8,10 +8,47 @@ from ANTHROPIC_API_KEY only.
 
 from __future__ import annotations
 
+import argparse
+import math
 from typing import Any
 
 from loadkit.client import HTTP_STACKS
 from loadkit.fallback import POLICIES
+
+MAX_REQUEST_TIMEOUT_S = 86_400.0  # a day: any longer is a typo, and timers must stay finite
+
+
+def _timeout_problem(value: float) -> str:
+    """Why ``value`` is not a usable --request-timeout, or "" if it is."""
+    if not (math.isfinite(value) and 0 < value <= MAX_REQUEST_TIMEOUT_S):
+        return (
+            f"must be a number of seconds S with 0 < S <= {MAX_REQUEST_TIMEOUT_S:g}, not {value:g}"
+        )
+    return ""
+
+
+def request_timeout(text: str) -> float:
+    """argparse type of --request-timeout: finite seconds, > 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    problem = _timeout_problem(value)
+    if problem:
+        # argparse prefixes "argument --request-timeout: "
+        raise argparse.ArgumentTypeError(problem.replace(f"not {value:g}", f"not {text!r}"))
+    return value
+
+
+def check_options(options: Any) -> None:
+    """ValueError naming the option for values the parser's types did not see.
+
+    The web UI's start form converts its fields with the type of their current value (float),
+    not with the parser's types: call this when a run starts.
+    """
+    problem = _timeout_problem(float(getattr(options, "request_timeout", 600.0)))
+    if problem:
+        raise ValueError(f"--request-timeout {problem}")
 
 
 def add_options(parser: Any) -> None:
@@ -47,9 +84,10 @@ def add_options(parser: Any) -> None:
     )
     parser.add_argument(
         "--request-timeout",
-        type=float,
+        type=request_timeout,
         default=600.0,
-        help="Seconds without progress before a request counts as timed out",
+        help="Seconds without progress before a request counts as timed out "
+        f"(more than 0, at most {MAX_REQUEST_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--http-stack",

@@ -67,6 +67,8 @@ class RunState:
     final_reports: set[str] = field(default_factory=set)  # master: workers that sent theirs
     cache_ttl: str = "5m"
     interrupted_by: str = ""  # "SIGINT" or "SIGTERM" when a signal ended the run
+    refused: bool = False  # this run could not start (its reason was given)
+    refused_at_init: bool = False  # headless: the options were refused before any start
     targets: TargetPolicy | None = None  # master/local: the targets chosen at start
 
     def prepare(self, options: Any, workload_data: dict[str, Any], target: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hmac
 import io
@@ -11,6 +12,7 @@ from typing import Any
 
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.locust_plugin.capacity import check_spending_cap
+from loadkit.locust_plugin.options import request_timeout
 from loadkit.locust_plugin.state import STATE, load_workload_option, resolve_path
 from loadkit.locust_plugin.targets import TargetPolicy, TargetRefused
 from loadkit.slo import SLOError, parse_slos
@@ -101,6 +103,10 @@ def preflight(environment: Any, form: Any) -> str | None:
         if field("emulator_config"):
             load_config(resolve_path(field("emulator_config")))
         parse_slos([*workload.slos, *(getattr(options, "slo", None) or [])])
+        try:
+            request_timeout(field("request_timeout"))
+        except argparse.ArgumentTypeError as err:
+            return f"--request-timeout {err}"
         target = (
             field("target_url")
             or str(form.get("host") or "")
