@@ -80,9 +80,10 @@ def _run_saturated(client: StreamingClient) -> tuple[list[ResultRecord], list[fl
     ]
     for thread in helpers + senders:
         thread.start()
+    deadline = time.monotonic() + 60  # the whole batch; a hung sender fails the test, fast
     try:
         for thread in senders:
-            thread.join(timeout=60)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
     finally:
         stop.set()
         for thread in helpers:
@@ -98,7 +99,7 @@ def test_ttft_is_never_shorter_than_served_on_a_saturated_process(
 ) -> None:
     control.configure({"models": {MODEL: {"ttft_base_ms": SERVED_TTFT_MS}}}).raise_for_status()
     client = StreamingClient(
-        emulator.base_url, "test-key", pool_size=SENDERS, http_stack=http_stack
+        emulator.base_url, "test-key", pool_size=SENDERS, http_stack=http_stack, timeout_s=20
     )
     try:
         client.send(RequestSpec(MODEL, "standard", 5, HELLO))  # warm, unsaturated
