@@ -15,7 +15,7 @@ def _emulator(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"loadkit emulator: {err}", file=sys.stderr)
         return 2
-    run(config, args.host, args.port, args.seed)
+    run(config, args.host, args.port, args.seed, control_token=args.control_token)
     return 0
 
 
@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
     emulator.add_argument("--config", help="YAML file (see docs/emulator-config.yaml)")
     emulator.add_argument("--seed", type=int, default=None, help="seed for every random draw")
+    emulator.add_argument(
+        "--control-token",
+        default=None,
+        help="require this token on /_emulator/config and /_emulator/reset (default: "
+        "$LOADKIT_EMULATOR_CONTROL_TOKEN; prefer it: arguments are visible in ps)",
+    )
     emulator.set_defaults(func=_emulator)
     return parser
 

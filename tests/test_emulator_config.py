@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
 import pytest
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from loadkit.distributions import Buckets, LogNormal, Uniform
-from loadkit.emulator.config import ConfigError, EmulatorConfig, config_from_mapping, load_config
+from loadkit.emulator.config import (
+    ConfigError,
+    EmulatorConfig,
+    config_from_mapping,
+    describe_bounds,
+    load_config,
+)
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.emulator.limits import Bucket
 from loadkit.emulator.prompt import analyse_prompt, text_tokens
@@ -22,6 +32,73 @@ def test_documented_defaults_equal_the_code() -> None:
     assert load_config(ROOT / "docs" / "emulator-config.yaml") == EmulatorConfig()
 
 
+BOUNDS = re.compile(r"(\[at most \d+ [a-z]+\]|[\[(][-0-9.e]+, [-0-9.e]+[\])])\s*$")
+KEY = re.compile(r"^( *)([A-Za-z0-9_.-]+):")
+
+
+def _documented_bounds() -> dict[str, str]:
+    """``models.*.ttft_base_ms`` -> ``[0, 600000]``: the brackets at the end of the comments
+    of docs/emulator-config.yaml, by the field's path (dict keys as ``*``)."""
+    found: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in (ROOT / "docs" / "emulator-config.yaml").read_text().splitlines():
+        key = KEY.match(line)
+        if key is None:
+            continue
+        indent = len(key.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, key.group(2)))
+        _, _, comment = line.partition(" #")
+        bounds = BOUNDS.search(comment) if comment else None
+        if bounds is not None:
+            found.setdefault(_generic([name for _, name in stack]), bounds.group(1))
+    return found
+
+
+def _generic(path: list[str]) -> str:
+    """Dict keys (model names, rate-limit classes) replaced by ``*``."""
+    out: list[str] = []
+    model: Any = EmulatorConfig
+    index = 0
+    while index < len(path):
+        out.append(path[index])
+        annotation = model.model_fields[path[index]].annotation
+        index += 1
+        if get_origin(annotation) is dict and index < len(path):
+            out.append("*")
+            index += 1
+            model = get_args(annotation)[1]
+        else:
+            model = annotation
+    return ".".join(out)
+
+
+def _bounded_fields(model: type[BaseModel], prefix: str = "") -> dict[str, FieldInfo]:
+    out: dict[str, FieldInfo] = {}
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        if path == "output_tokens":
+            continue  # a loadkit.distributions model: bounded there
+        if describe_bounds(info) is not None:
+            out[path] = info
+        annotation = info.annotation
+        if get_origin(annotation) is dict:
+            out.update(_bounded_fields(get_args(annotation)[1], f"{path}.*."))
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out.update(_bounded_fields(annotation, f"{path}."))
+    return out
+
+
+def test_documented_bounds_equal_the_code() -> None:
+    """Every bounded field has its bounds written in docs/emulator-config.yaml, as the
+    code has them (``[a, b]``, ``(a, b]``, ``[at most N ...]``)."""
+    documented = _documented_bounds()
+    fields = _bounded_fields(EmulatorConfig)
+    assert len(fields) > 30
+    assert {path: describe_bounds(info) for path, info in fields.items()} == documented
+
+
 @pytest.mark.parametrize(
     ("data", "named"),
     [
@@ -30,6 +107,14 @@ def test_documented_defaults_equal_the_code() -> None:
         ({"output_tokens": {"kind": "uniform", "min": 9, "max": 1}}, r"min \(9\) is greater"),
         ({"output_tokens": {"kind": "buckets", "buckets": [{"value": 1, "weight": 0}]}}, "zero"),
         ({"tokens_per_delta": 0}, "tokens_per_delta"),
+        ({"tokens_per_delta": 20000}, "tokens_per_delta: Input should be less than or equal"),
+        ({"cache": {"default_ttl_s": float("inf")}}, "default_ttl_s: Input should be a finite"),
+        ({"faults": {"slow_first_byte_ms": float("nan")}}, "slow_first_byte_ms: Input should"),
+        ({"models": {"claude-opus-4-6": {"max_concurrent_streams": 10**9}}}, "max_concurrent"),
+        ({"served_log_size": 10**7}, "served_log_size"),
+        ({"http": {"idle_timeout_s": 0}}, "http.idle_timeout_s"),
+        ({"api_keys": ["k" * 1001]}, "api_keys.0"),
+        ({"models": {"": {}}}, "models"),
         ({"surprise": 1}, "surprise"),
         ({"models": {"claude-opus-4-6": {"rate_limit_class": "nope"}}}, "rate_limit_class"),
     ],
@@ -37,6 +122,13 @@ def test_documented_defaults_equal_the_code() -> None:
 def test_invalid_config_names_the_field(data: dict[str, object], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         config_from_mapping(data, "test.yaml")
+
+
+def test_yaml_infinity_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "inf.yaml"
+    path.write_text("rate_limits:\n  opus:\n    requests_per_minute: .inf\n")
+    with pytest.raises(ConfigError, match=r"rate_limits\.opus\.requests_per_minute"):
+        load_config(path)
 
 
 def test_cli_rejects_bad_file_at_start(tmp_path: Path) -> None:

@@ -1,11 +1,19 @@
-"""The emulator's request handling: routing, validation, limits, faults, and timed streams."""
+"""The emulator's request handling: routing, validation, limits, faults, and timed streams.
+
+Control endpoints (``/_emulator/...``): ``GET health`` (always open), ``GET stats`` and
+``GET served`` (open: read-only, no secrets; the harness reads stats for its accounting),
+``GET config`` (it lists the accepted API keys), ``POST config`` and ``POST reset``. With a
+control token set (``loadkit emulator --control-token`` or ``LOADKIT_EMULATOR_CONTROL_TOKEN``)
+the last three need ``Authorization: Bearer <token>`` or ``x-loadkit-control-token: <token>``;
+without it they get 401 ``authentication_error``. The token is never logged or echoed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import itertools
-import json
 import logging
 import math
 import os
@@ -14,8 +22,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
-from loadkit.emulator import sse
+from loadkit.emulator import jsonbody, sse
 from loadkit.emulator.cache import CacheOutcome, PromptCache
 from loadkit.emulator.config import (
     FAST_MODE_BETA,
@@ -25,13 +34,17 @@ from loadkit.emulator.config import (
     config_from_mapping,
 )
 from loadkit.emulator.errors import ApiError, invalid
-from loadkit.emulator.http import Connection, Request
+from loadkit.emulator.http import Connection, HttpSettings, Request, chunk
 from loadkit.emulator.limits import BucketSet, Limited
 from loadkit.emulator.prompt import analyse_prompt
-from loadkit.emulator.stats import Counters, Served, Stats
+from loadkit.emulator.stats import Counters, Served, Stats, served_dict
 
 log = logging.getLogger("loadkit.emulator")
 JSON = "application/json"
+MESSAGES_PATH = "/v1/messages"
+SERVED_BATCH = 256  # records per chunk of GET /_emulator/served (a few ms of encoding)
+# Control endpoints any client may read, with or without a control token.
+OPEN_CONTROL = {("GET", "health"), ("GET", "stats"), ("GET", "served")}
 
 
 @dataclass(slots=True)
@@ -230,7 +243,8 @@ class Job:
         if self.finished:
             return
         self.finished = True
-        self.conn.on_lost = None
+        if self.conn.on_lost == self.client_gone:
+            self.conn.on_lost = None
         self.handle = None
         self.emulator.job_ended(self, outcome)
 
@@ -238,10 +252,15 @@ class Job:
 class Emulator:
     """All state of one emulator process. Runs on one asyncio loop."""
 
-    def __init__(self, config: EmulatorConfig, seed: int | None = None) -> None:
+    def __init__(
+        self, config: EmulatorConfig, seed: int | None = None, control_token: str | None = None
+    ) -> None:
         self.loop = asyncio.get_event_loop()
         self.rng = random.Random(seed)
         self.stats = Stats(config.served_log_size)
+        self.http_settings = HttpSettings()
+        self._control_token = control_token.encode() if control_token else None
+        self._counted = False  # the Messages request being handled has been counted
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(5).hex()
         self.config = config
@@ -255,6 +274,13 @@ class Emulator:
     def _apply(self, config: EmulatorConfig) -> None:
         now = self.loop.time()
         self.config = config
+        http = config.http
+        settings = self.http_settings
+        settings.max_header_bytes = http.max_header_bytes
+        settings.max_body_bytes = http.max_body_bytes
+        settings.header_timeout_s = http.header_timeout_s
+        settings.idle_timeout_s = http.idle_timeout_s
+        self.max_json_depth = http.max_json_depth
         self.tokens_per_delta = config.tokens_per_delta
         self.delta_chunks = sse.DeltaChunks(config.tokens_per_delta)
         for name, profile in config.models.items():
@@ -286,7 +312,7 @@ class Emulator:
         self.cache.default_ttl_s = config.cache.default_ttl_s
         self.cache.long_ttl_s = config.cache.long_ttl_s
         self.cache.max_entries = config.cache.max_entries
-        self.stats.served = deque(self.stats.served, maxlen=config.served_log_size)
+        self.stats.resize_served(config.served_log_size)
         for runtime in self.models.values():
             self._drain(runtime)
 
@@ -308,18 +334,59 @@ class Emulator:
 
     # entry point ------------------------------------------------------------------------
     def handle(self, conn: Connection, request: Request) -> None:
+        self._counted = False
         try:
-            self._route(conn, request)
+            if conn.closed:
+                self._abandoned(request)
+            elif request.error is not None:
+                self._refused(conn, request)
+            else:
+                self._route(conn, request)
         except ApiError as err:
             self.send_error(conn, err, None)
         except Exception:
             log.exception("emulator bug while handling %s %s", request.method, request.path)
+            if request.path == MESSAGES_PATH and not self._counted:
+                counters = self.stats.counters("unknown", "standard")
+                counters.received += 1
+                counters.api_error += 1
             self.send_error(conn, ApiError(500, "api_error", "emulator internal error"), None)
+
+    def _refused(self, conn: Connection, request: Request) -> None:
+        """A request refused while being read (too large, too slow, malformed)."""
+        assert request.error is not None
+        status, error_type, message = request.error
+        if request.path == MESSAGES_PATH:
+            counters = self.stats.counters("unknown", "standard")
+            counters.received += 1
+            counters.invalid += 1
+            self._counted = True
+        self.send_error(conn, ApiError(status, error_type, message), None)
+
+    def _abandoned(self, request: Request) -> None:
+        """A request that was waiting its turn on a connection that then closed."""
+        if request.path != MESSAGES_PATH:
+            return
+        model, speed = "unknown", "standard"
+        try:
+            body = jsonbody.parse(request.body, self.max_json_depth)
+            if isinstance(body, dict):
+                name = body.get("model")
+                if isinstance(name, str) and name in self.models:
+                    model = name
+                    if body.get("speed") == "fast" and self.models[name].profile.fast_supported:
+                        speed = "fast"
+        except ApiError:
+            pass
+        counters = self.stats.counters(model, speed)
+        counters.received += 1
+        counters.client_closed += 1
+        self._counted = True
+        self._log_rejection(self._new_id("req"), model, speed, "client_closed")
 
     def _route(self, conn: Connection, request: Request) -> None:
         path, method = request.path, request.method
-        if path == "/v1/messages":
-            self._require(method, "POST")
+        if path == MESSAGES_PATH:
             self.messages(conn, request)
         elif path == "/v1/messages/count_tokens":
             self._require(method, "POST")
@@ -446,12 +513,7 @@ class Emulator:
 
     # /v1/messages -----------------------------------------------------------------------
     def _parse_body(self, request: Request) -> dict[str, Any]:
-        if request.too_large:
-            raise ApiError(413, "request_too_large", "Request exceeds the maximum allowed size")
-        try:
-            body = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
-            raise invalid("The request body is not valid JSON.") from None
+        body = jsonbody.parse(request.body, self.max_json_depth)
         if not isinstance(body, dict):
             raise invalid("The request body must be a JSON object.")
         return body
@@ -485,20 +547,32 @@ class Emulator:
         return "fast"
 
     @staticmethod
-    def _validate_sampling(body: dict[str, Any]) -> tuple[int, bool]:
+    def _validate_sampling(body: dict[str, Any], runtime: ModelRuntime) -> tuple[int, bool]:
         max_tokens = body.get("max_tokens")
         if max_tokens is None:
             raise invalid("max_tokens: Field required")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise invalid("max_tokens: Input should be an integer greater than or equal to 1")
+        ceiling = runtime.profile.max_output_tokens
+        if max_tokens > ceiling:
+            raise invalid(
+                f"max_tokens: {max_tokens} > {ceiling}, which is the maximum allowed number "
+                f"of output tokens for {runtime.name}"
+            )
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise invalid("stream: Input should be a valid boolean")
-        temperature = body.get("temperature")
-        if temperature is not None and (
-            not isinstance(temperature, int | float) or not 0 <= temperature <= 1
+        for name in ("temperature", "top_p"):
+            value = body.get(name)
+            if value is not None and (
+                not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1
+            ):
+                raise invalid(f"{name}: Input should be a number between 0 and 1")
+        top_k = body.get("top_k")
+        if top_k is not None and (
+            not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0
         ):
-            raise invalid("temperature: Input should be a number between 0 and 1")
+            raise invalid("top_k: Input should be an integer greater than or equal to 0")
         stops = body.get("stop_sequences")
         if stops is not None and (
             not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)
@@ -510,12 +584,13 @@ class Emulator:
         request_id = self._new_id("req")
         model, speed = "unknown", "standard"
         try:
+            self._require(request.method, "POST")
             key = self._authenticate(request)
             body = self._parse_body(request)
             runtime = self._model(body)
             model = runtime.name
             speed = self._speed(body, request, runtime)
-            max_tokens, stream = self._validate_sampling(body)
+            max_tokens, stream = self._validate_sampling(body, runtime)
             cache_key = None
             if b'"cache_control"' in request.body:
                 cache_key = f"{model}\0{speed}\0{hashlib.sha256(key.encode()).hexdigest()}".encode()
@@ -523,6 +598,7 @@ class Emulator:
         except ApiError as err:
             counters = self.stats.counters(model, speed)
             counters.received += 1
+            self._counted = True
             if err.status == 401:
                 counters.unauthorized += 1
             else:
@@ -532,6 +608,7 @@ class Emulator:
 
         counters = self.stats.counters(model, speed)
         counters.received += 1
+        self._counted = True
         now = self.loop.time()
         rng = self.rng
         faults = self.config.faults
@@ -748,10 +825,10 @@ class Emulator:
             arrived_ns=int(job.request.received * 1e9),
             first_token_ns=int(now * 1e9),
         )
-        self.stats.served.append(job.served)
+        self.stats.add_served(job.served)
 
     def _log_rejection(self, request_id: str, model: str, speed: str, outcome: str) -> None:
-        self.stats.served.append(
+        self.stats.add_served(
             Served(request_id, model, speed, outcome, 0.0, 0.0, None, 0.0, 0, None)
         )
 
@@ -800,33 +877,101 @@ class Emulator:
         self._send_json(conn, 200, body, headers)
 
     def control(self, conn: Connection, request: Request, action: str) -> None:
+        method = request.method
+        if (method, action) not in OPEN_CONTROL:
+            self._authorize_control(request)
         headers: list[tuple[str, str]] = []
-        if action == "stats" and request.method == "GET":
+        if action == "stats" and method == "GET":
             snapshot = self.stats.snapshot()
             snapshot["connections_opened"] = Connection.opened
             self._send_json(conn, 200, snapshot, headers)
-        elif action == "served" and request.method == "GET":
-            query = dict(part.split("=", 1) for part in request.query.split("&") if "=" in part)
-            self._send_json(conn, 200, self.stats.served_records(query.get("request_id")), headers)
-        elif action == "config" and request.method == "GET":
+        elif action == "served" and method == "GET":
+            self._served(conn, request)
+        elif action == "config" and method == "GET":
             self._send_json(conn, 200, self.config.model_dump(mode="json", by_alias=True), headers)
-        elif action == "config" and request.method == "POST":
+        elif action == "config" and method == "POST":
+            patch = jsonbody.parse(request.body or b"{}", self.max_json_depth)
             try:
-                patch = json.loads(request.body or b"{}")
                 new = self.update_config(patch)
-            except ValueError as err:  # ConfigError and JSON errors
-                message = str(err) if isinstance(err, ConfigError) else "body is not valid JSON"
-                raise invalid(message) from None
+            except ConfigError as err:
+                raise invalid(str(err)) from None
             self._send_json(conn, 200, new.model_dump(mode="json", by_alias=True), headers)
-        elif action == "reset" and request.method == "POST":
+        elif action == "reset" and method == "POST":
             self.reset()
             self._send_json(conn, 200, {"reset": True}, headers)
-        elif action == "health" and request.method == "GET":
+        elif action == "health" and method == "GET":
             self._send_json(conn, 200, {"status": "ok"}, headers)
         else:
+            raise ApiError(404, "not_found_error", f"Not found: {method} /_emulator/{action}")
+
+    def _authorize_control(self, request: Request) -> None:
+        token = self._control_token
+        if token is None:
+            return
+        given = request.headers.get("x-loadkit-control-token")
+        if given is None:
+            auth = request.headers.get("authorization", "")
+            if auth[:7].lower() == "bearer ":
+                given = auth[7:].strip()
+        if given is None or not hmac.compare_digest(given.encode("latin-1", "replace"), token):
             raise ApiError(
-                404, "not_found_error", f"Not found: {request.method} /_emulator/{action}"
+                401,
+                "authentication_error",
+                "This control endpoint requires the emulator's control token "
+                "(Authorization: Bearer <token> or x-loadkit-control-token: <token>)",
             )
+
+    def _served(self, conn: Connection, request: Request) -> None:
+        """``GET /_emulator/served``: a JSON list of records, oldest first. ``?request_id=``
+        finds one; ``?offset=&limit=`` gives a page (header ``x-emulator-served-total``
+        says how many there are). A long list is sent in chunks of SERVED_BATCH records, one
+        per turn of the event loop and only as fast as the client reads, so that serving it
+        never delays the streams being timed."""
+        query = dict(parse_qsl(request.query))
+        request_id = query.get("request_id")
+        if request_id is not None:
+            records = self.stats.served_by_id(request_id)
+        else:
+            offset = _query_int(query, "offset") or 0
+            records = self.stats.served_slice(offset, _query_int(query, "limit"))
+        headers = [
+            ("x-emulator-served-total", str(len(self.stats.served))),
+            ("content-type", JSON),
+        ]
+        if len(records) <= SERVED_BATCH:
+            self._send_json(conn, 200, [served_dict(r) for r in records], headers)
+            return
+        conn.write(conn.stream_head(headers))
+        position = 0
+        dumps = sse.dumps
+
+        def pump() -> None:
+            nonlocal position
+            if conn.closed:
+                return
+            batch = records[position : position + SERVED_BATCH]
+            inner = dumps([served_dict(r) for r in batch])[1:-1]
+            piece = (b"[" if position == 0 else b",") + inner
+            position += SERVED_BATCH
+            if position >= len(records):
+                conn.finish_stream(chunk(piece + b"]"))
+                return
+            conn.write(chunk(piece))
+            if conn.write_paused:
+                conn.on_drain = pump
+            else:
+                self.loop.call_soon(pump)
+
+        pump()
+
+
+def _query_int(query: dict[str, str], name: str) -> int | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise invalid(f"{name}: Input should be a non-negative integer")
+    return int(raw)
 
 
 def _jitter(rng: random.Random, sigma: float) -> float:

@@ -1,35 +1,59 @@
 """The emulator's configuration: one YAML file, every field with a documented default.
 
-``docs/emulator-config.yaml`` is the same defaults written out with comments; a test keeps the
-two equal. Invalid files are rejected at start with the offending field named.
+``docs/emulator-config.yaml`` is the same defaults written out with comments, each bounded
+field with its bounds in brackets; a test keeps the two equal. Every number is finite and
+bounded (so that no value can overflow, stall the event loop or exhaust memory), every string
+and list has a maximum length. Invalid files, and invalid ``POST /_emulator/config`` patches,
+are rejected with the offending field named.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from loadkit.distributions import Distribution, LogNormal
 from loadkit.yamlfiles import describe_validation_error, read_yaml
 
 FAST_MODE_BETA = "fast-mode-2026-02-01"
 
+# Bounds shared by several fields.
+MAX_COUNT = 10_000_000  # streams, queue places, cache entries, tokens
+MAX_PER_MINUTE = 1e12  # rate limits
+MAX_MS = 600_000.0  # ten minutes
+MAX_NAMES = 1000  # models, rate-limit classes
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelProfile(_Strict):
     """Latency, capacity and caching behaviour of one model."""
 
-    display_name: str
-    created_at: str = Field(description="RFC 3339 time shown by GET /v1/models")
-    rate_limit_class: str = Field(description="key into rate_limits")
-    ttft_base_ms: float = Field(ge=0, description="TTFT of an empty prompt on an idle server")
-    prefill_tokens_per_s: float = Field(gt=0, description="uncached input tokens per second")
-    decode_tokens_per_s: float = Field(gt=0, description="standard-speed output tokens/s")
+    display_name: str = Field(max_length=200)
+    created_at: str = Field(max_length=64, description="RFC 3339 time shown by GET /v1/models")
+    rate_limit_class: str = Field(max_length=200, description="key into rate_limits")
+    ttft_base_ms: float = Field(
+        ge=0, le=MAX_MS, description="TTFT of an empty prompt on an idle server"
+    )
+    prefill_tokens_per_s: float = Field(
+        ge=1, le=1e12, description="uncached input tokens per second"
+    )
+    decode_tokens_per_s: float = Field(
+        ge=0.01, le=1e7, description="standard-speed output tokens/s"
+    )
     ttft_jitter: float = Field(
         default=0.15, ge=0, le=2, description="sigma of a mean-1 log-normal factor on TTFT"
     )
@@ -37,25 +61,32 @@ class ModelProfile(_Strict):
         default=0.10, ge=0, le=2, description="sigma of a mean-1 log-normal factor on decode"
     )
     fast_supported: bool = False
-    fast_decode_multiplier: float = Field(default=2.5, gt=0)
-    min_cacheable_tokens: int = Field(default=1024, ge=1)
-    max_concurrent_streams: int = Field(default=1000, ge=1, description="requests served at once")
-    max_queue: int = Field(default=2000, ge=0, description="waiting beyond it gets 529")
+    fast_decode_multiplier: float = Field(default=2.5, ge=0.01, le=100)
+    min_cacheable_tokens: int = Field(default=1024, ge=1, le=MAX_COUNT)
+    max_output_tokens: int = Field(
+        default=64_000, ge=1, le=MAX_COUNT, description="largest max_tokens accepted"
+    )
+    max_concurrent_streams: int = Field(
+        default=1000, ge=1, le=MAX_COUNT, description="requests served at once"
+    )
+    max_queue: int = Field(
+        default=2000, ge=0, le=MAX_COUNT, description="waiting beyond it gets 529"
+    )
 
 
 class RateLimit(_Strict):
     """Continuously replenished buckets; each value is per minute, null means unlimited."""
 
-    requests_per_minute: float | None = Field(default=None, gt=0)
-    input_tokens_per_minute: float | None = Field(default=None, gt=0)
-    output_tokens_per_minute: float | None = Field(default=None, gt=0)
+    requests_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
+    input_tokens_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
+    output_tokens_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
 
 
 class FastModeLimit(_Strict):
     """Fast mode's own limit, one for the whole context range (per minute, null = unlimited)."""
 
-    input_tokens_per_minute: float | None = Field(default=None, gt=0)
-    output_tokens_per_minute: float | None = Field(default=None, gt=0)
+    input_tokens_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
+    output_tokens_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
 
 
 class Faults(_Strict):
@@ -68,7 +99,7 @@ class Faults(_Strict):
         default=0.0, ge=0, le=1, description="connection closed mid-body"
     )
     slow_first_byte_rate: float = Field(default=0.0, ge=0, le=1)
-    slow_first_byte_ms: float = Field(default=2000.0, ge=0)
+    slow_first_byte_ms: float = Field(default=2000.0, ge=0, le=MAX_MS)
 
     @model_validator(mode="after")
     def _not_over_one(self) -> Faults:
@@ -84,9 +115,30 @@ class Faults(_Strict):
 
 
 class Cache(_Strict):
-    default_ttl_s: float = Field(default=300.0, gt=0, description='TTL of "ephemeral"')
-    long_ttl_s: float = Field(default=3600.0, gt=0, description='TTL of "ttl": "1h"')
-    max_entries: int = Field(default=100_000, ge=1)
+    default_ttl_s: float = Field(default=300.0, gt=0, le=86400, description='TTL of "ephemeral"')
+    long_ttl_s: float = Field(default=3600.0, gt=0, le=86400, description='TTL of "ttl": "1h"')
+    max_entries: int = Field(default=100_000, ge=1, le=MAX_COUNT)
+
+
+class HttpLimits(_Strict):
+    """The HTTP front: sizes and times a client may take (see loadkit/emulator/http.py)."""
+
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="request line + headers"
+    )
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="the API's 32 MB"
+    )
+    max_json_depth: int = Field(default=64, ge=2, le=500, description="nesting of JSON bodies")
+    header_timeout_s: float = Field(
+        default=10.0, ge=0.01, le=3600, description="to send a request's line and headers"
+    )
+    idle_timeout_s: float = Field(
+        default=60.0,
+        ge=0.01,
+        le=86400,
+        description="an idle keep-alive connection is closed; also a stalled body's limit",
+    )
 
 
 def _default_models() -> dict[str, ModelProfile]:
@@ -100,6 +152,7 @@ def _default_models() -> dict[str, ModelProfile]:
             decode_tokens_per_s=55,
             fast_supported=True,
             min_cacheable_tokens=4096,
+            max_output_tokens=128_000,
         ),
         "claude-sonnet-4-6": ModelProfile(
             display_name="Claude Sonnet 4.6",
@@ -109,6 +162,7 @@ def _default_models() -> dict[str, ModelProfile]:
             prefill_tokens_per_s=40_000,
             decode_tokens_per_s=75,
             min_cacheable_tokens=1024,
+            max_output_tokens=128_000,
         ),
         "claude-sonnet-4-5": ModelProfile(
             display_name="Claude Sonnet 4.5",
@@ -152,8 +206,10 @@ def _default_rate_limits() -> dict[str, RateLimit]:
 
 
 class EmulatorConfig(_Strict):
-    models: dict[str, ModelProfile] = Field(default_factory=_default_models)
-    rate_limits: dict[str, RateLimit] = Field(default_factory=_default_rate_limits)
+    models: dict[Name, ModelProfile] = Field(default_factory=_default_models, max_length=MAX_NAMES)
+    rate_limits: dict[Name, RateLimit] = Field(
+        default_factory=_default_rate_limits, max_length=MAX_NAMES
+    )
     fast_mode: FastModeLimit = Field(
         default_factory=lambda: FastModeLimit(
             input_tokens_per_minute=500_000, output_tokens_per_minute=100_000
@@ -164,19 +220,23 @@ class EmulatorConfig(_Strict):
         description="how many tokens a reply would have before max_tokens caps it",
     )
     tokens_per_delta: int = Field(
-        default=3, ge=1, description="tokens in each delta after the first"
+        default=3, ge=1, le=1000, description="tokens in each delta after the first"
     )
     fractional_retry_after: bool = Field(
         default=False, description="send retry-after with decimals instead of whole seconds"
     )
     faults: Faults = Field(default_factory=Faults)
     cache: Cache = Field(default_factory=Cache)
-    api_keys: list[str] | None = Field(
-        default=None, description="accepted keys; null accepts any non-empty key"
+    api_keys: list[Annotated[str, StringConstraints(max_length=1000)]] | None = Field(
+        default=None, max_length=10_000, description="accepted keys; null accepts any non-empty"
     )
     served_log_size: int = Field(
-        default=100_000, ge=0, description="per-request ground truth kept for /_emulator/served"
+        default=100_000,
+        ge=0,
+        le=1_000_000,
+        description="per-request ground truth kept for /_emulator/served",
     )
+    http: HttpLimits = Field(default_factory=HttpLimits)
 
     @model_validator(mode="after")
     def _classes_exist(self) -> EmulatorConfig:
@@ -230,3 +290,44 @@ def load_config(path: str | Path | None) -> EmulatorConfig:
     if path is None:
         return EmulatorConfig()
     return config_from_mapping(read_yaml(path, "emulator config", ConfigError), str(path))
+
+
+def _number(value: float) -> str:
+    """1e12, 33554432, 0.01: as short as the docs write them."""
+    if float(value).is_integer():
+        whole = int(value)
+        mantissa, exponent = whole, 0
+        while mantissa and mantissa % 10 == 0:
+            mantissa //= 10
+            exponent += 1
+        return f"{mantissa}e{exponent}" if abs(whole) >= 10**6 and mantissa < 10 else str(whole)
+    return repr(float(value))
+
+
+def describe_bounds(field: FieldInfo) -> str | None:
+    """A field's bounds as docs/emulator-config.yaml writes them: ``[0, 1]``, ``(0, 1e12]``,
+    ``[at most 200 characters]``, ``[at most 1000 entries]``; None if it has none."""
+    low = high = None
+    low_open = high_open = False
+    length = None
+    for item in field.metadata:  # annotated_types.Ge, Gt, Le, Lt, MaxLen
+        if getattr(item, "ge", None) is not None:
+            low = item.ge
+        elif getattr(item, "gt", None) is not None:
+            low, low_open = item.gt, True
+        elif getattr(item, "le", None) is not None:
+            high = item.le
+        elif getattr(item, "lt", None) is not None:
+            high, high_open = item.lt, True
+        elif getattr(item, "max_length", None) is not None:
+            length = item.max_length
+    if low is not None or high is not None:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        low_text = _number(low) if low is not None else "-inf"
+        high_text = _number(high) if high is not None else "inf"
+        return f"{left}{low_text}, {high_text}{right}"
+    if length is not None:
+        unit = "characters" if field.annotation is str else "entries"
+        return f"[at most {length} {unit}]"
+    return None

@@ -36,14 +36,24 @@ def delta_chunk(tokens: int) -> bytes:
     )
 
 
-class DeltaChunks:
-    """Prebuilt delta chunks, one per token count, so a streamed event costs one write."""
+class DeltaChunks(dict[int, bytes]):
+    """Prebuilt delta chunks by token count, so a streamed event costs one write.
+
+    A chunk is built the first time its size is used (a stream uses 1, ``tokens_per_delta``
+    and at most one remainder), and a hit is a plain dict lookup.
+    """
 
     def __init__(self, tokens_per_delta: int) -> None:
-        self._chunks = [b""] + [delta_chunk(n) for n in range(1, tokens_per_delta + 1)]
+        super().__init__()
+        self.tokens_per_delta = tokens_per_delta
+        for tokens in {1, tokens_per_delta}:
+            self[tokens] = delta_chunk(tokens)
 
-    def __getitem__(self, tokens: int) -> bytes:
-        return self._chunks[tokens]
+    def __missing__(self, tokens: int) -> bytes:
+        if not 1 <= tokens <= self.tokens_per_delta:
+            raise KeyError(tokens)
+        built = self[tokens] = delta_chunk(tokens)
+        return built
 
 
 CONTENT_BLOCK_START = event(

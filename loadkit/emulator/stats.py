@@ -1,11 +1,20 @@
-"""Counters by model, speed and outcome, and the per-request ground truth the emulator served."""
+"""Counters by model, speed and outcome, and the per-request ground truth the emulator served.
+
+``Counters`` account for Messages requests (``/v1/messages``, any method), including those
+refused before they were read in full (413, 431, 408: ``invalid``) and those a client
+pipelined and then left (``client_closed``): received == in_flight + the sum of OUTCOMES.
+``HttpCounters`` (in ``http.py``) account for every HTTP request on any path.
+"""
 
 from __future__ import annotations
 
 from array import array
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from itertools import islice
 from typing import Any
+
+from loadkit.emulator.http import HttpCounters
 
 # Every request received ends in exactly one of these (or is still in flight).
 OUTCOMES = (
@@ -57,6 +66,13 @@ class Served:
     first_token_ns: int = 0
 
 
+SERVED_FIELDS = tuple(f.name for f in fields(Served))
+
+
+def served_dict(record: Served) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in SERVED_FIELDS}
+
+
 def _percentile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
@@ -67,9 +83,41 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 class Stats:
     def __init__(self, served_log_size: int, lateness_window: int = 200_000) -> None:
         self.by_key: dict[tuple[str, str], Counters] = {}
+        self.http = HttpCounters()
         self.served: deque[Served] = deque(maxlen=served_log_size)
+        self._served_by_id: dict[str, Served] = {}
         self._lateness = array("d")
         self._lateness_window = lateness_window
+
+    # ground truth -----------------------------------------------------------------------
+    def add_served(self, record: Served) -> None:
+        served = self.served
+        if served.maxlen == 0:
+            return
+        if len(served) == served.maxlen:
+            oldest = served[0]
+            if self._served_by_id.get(oldest.request_id) is oldest:
+                del self._served_by_id[oldest.request_id]
+        served.append(record)
+        self._served_by_id[record.request_id] = record
+
+    def resize_served(self, size: int) -> None:
+        if size == self.served.maxlen:
+            return
+        self.served = deque(self.served, maxlen=size)
+        self._served_by_id = {record.request_id: record for record in self.served}
+
+    def served_by_id(self, request_id: str) -> list[Served]:
+        found = self._served_by_id.get(request_id)
+        return [found] if found is not None else []
+
+    def served_slice(self, offset: int, limit: int | None) -> list[Served]:
+        """A copy of the records (oldest first) from ``offset``, at most ``limit`` of them."""
+        served = self.served
+        end = len(served) if limit is None else min(len(served), offset + limit)
+        if offset == 0 and end == len(served):
+            return list(served)
+        return list(islice(served, offset, end))
 
     def counters(self, model: str, speed: str) -> Counters:
         key = (model, speed)
@@ -95,6 +143,7 @@ class Stats:
         return {
             "by_model_speed": rows,
             "totals": totals.as_dict(),
+            "http": self.http.as_dict(),
             "first_token_lateness_ms": {
                 "count": len(late),
                 "p50": _percentile(late, 0.50),
@@ -102,11 +151,6 @@ class Stats:
                 "max": late[-1] if late else None,
             },
         }
-
-    def served_records(self, request_id: str | None = None) -> list[dict[str, Any]]:
-        from dataclasses import asdict
-
-        return [asdict(s) for s in self.served if request_id is None or s.request_id == request_id]
 
     def reset(self) -> None:
         kept = {key: c for key, c in self.by_key.items() if c.in_flight}
@@ -116,5 +160,7 @@ class Stats:
                     setattr(counters, name, 0)
             counters.received = counters.in_flight
         self.by_key = kept
+        self.http.reset()
         self.served.clear()
+        self._served_by_id.clear()
         del self._lateness[:]
