@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +55,28 @@ class Control:
         return found[0]
 
 
+@contextlib.contextmanager
+def emulator_with_control_token(
+    config: dict[str, Any], seed: int, token: str
+) -> Iterator[EmulatorProcess]:
+    """An emulator started with LOADKIT_EMULATOR_CONTROL_TOKEN in its environment (this
+    process's environment is left as it was)."""
+    saved = os.environ.get("LOADKIT_EMULATOR_CONTROL_TOKEN")
+    os.environ["LOADKIT_EMULATOR_CONTROL_TOKEN"] = token
+    try:
+        emu = EmulatorProcess(config=config, seed=seed)
+        emu.start()
+    finally:
+        if saved is None:
+            del os.environ["LOADKIT_EMULATOR_CONTROL_TOKEN"]
+        else:
+            os.environ["LOADKIT_EMULATOR_CONTROL_TOKEN"] = saved
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[EmulatorProcess]:
     with EmulatorProcess(config=QUICK_CONFIG, seed=7) as emu:
@@ -69,3 +93,21 @@ def control(emulator: EmulatorProcess) -> Iterator[Control]:
     ctl.configure(original).raise_for_status()
     ctl.reset()
     ctl.http.close()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Locust's import monkey-patches the process with gevent: in this test process that
+    would turn the timing tests' threads into greenlets (a CPU-bound one never yields).
+    Locust runs in subprocesses here; no test module may import it."""
+    import sys
+
+    if "gevent.monkey" in sys.modules:
+        from gevent import monkey
+
+        patched = [m for m in ("socket", "threading", "time") if monkey.is_module_patched(m)]
+        if patched:
+            raise pytest.UsageError(
+                f"a test module imported Locust (gevent patched {', '.join(patched)}): "
+                "import loadkit.locust_plugin submodules that do not import Locust, or run "
+                "Locust in a subprocess"
+            )

@@ -40,6 +40,7 @@ import pytest
 
 from loadkit.emulator.launcher import EmulatorProcess
 
+from .conftest import emulator_with_control_token
 from .test_emulator_hardening import (
     FramingError,
     RawResponse,
@@ -513,20 +514,8 @@ def one_case(rng: random.Random, address: tuple[str, int], tally: Tally) -> None
 def fuzzed() -> Iterator[EmulatorProcess]:
     """A dedicated emulator: quick replies, small limits, short timeouts, a control token
     (so that fuzzed control requests cannot reset or reconfigure it)."""
-    saved = os.environ.get("LOADKIT_EMULATOR_CONTROL_TOKEN")
-    os.environ["LOADKIT_EMULATOR_CONTROL_TOKEN"] = "fuzz-control-token"
-    try:
-        emu = EmulatorProcess(config=FUZZ_CONFIG, seed=11)
-        emu.start()
-    finally:
-        if saved is None:
-            del os.environ["LOADKIT_EMULATOR_CONTROL_TOKEN"]
-        else:
-            os.environ["LOADKIT_EMULATOR_CONTROL_TOKEN"] = saved
-    try:
+    with emulator_with_control_token(FUZZ_CONFIG, 11, "fuzz-control-token") as emu:
         yield emu
-    finally:
-        emu.stop()
 
 
 def stats(emu: EmulatorProcess) -> dict[str, Any]:

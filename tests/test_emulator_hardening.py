@@ -24,7 +24,7 @@ import pytest
 from loadkit.emulator.launcher import EmulatorProcess
 from loadkit.emulator.stats import OUTCOMES
 
-from .conftest import QUICK_CONFIG, Control
+from .conftest import QUICK_CONFIG, Control, emulator_with_control_token
 
 API_HEADERS = b"x-api-key: k\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\n"
 TOKEN = "ctl-0123456789-secret"
@@ -640,20 +640,8 @@ def test_long_stream_outlives_idle_timeout(impatient: EmulatorProcess) -> None:
 @pytest.fixture(scope="module")
 def guarded() -> Iterator[EmulatorProcess]:
     """An emulator started with LOADKIT_EMULATOR_CONTROL_TOKEN in its environment."""
-    saved = os.environ.get("LOADKIT_EMULATOR_CONTROL_TOKEN")
-    os.environ["LOADKIT_EMULATOR_CONTROL_TOKEN"] = TOKEN
-    try:
-        emu = EmulatorProcess(config=QUICK_CONFIG, seed=5)
-        emu.start()
-    finally:
-        if saved is None:
-            del os.environ["LOADKIT_EMULATOR_CONTROL_TOKEN"]
-        else:
-            os.environ["LOADKIT_EMULATOR_CONTROL_TOKEN"] = saved
-    try:
+    with emulator_with_control_token(QUICK_CONFIG, 5, TOKEN) as emu:
         yield emu
-    finally:
-        emu.stop()
 
 
 def _check_guarded(emu: EmulatorProcess) -> None:
