@@ -32,7 +32,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Bytecode written once: the tests start ~70 Locust and emulator processes, and with
+# PYTHONDONTWRITEBYTECODE set each would compile loadkit again (~0.6 s apiece).
 test: install system-deps lint
+	$(BIN)/python -m compileall -q loadkit locustfiles
 	$(BIN)/python -m pytest -q
 
 # The main job: a ~60 s headless load test of workloads/default.yaml against the embedded emulator
