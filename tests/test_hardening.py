@@ -83,7 +83,7 @@ def test_a_signal_stops_the_run_and_every_output_is_final(
         process.send_signal(sig)
         _, err = process.communicate(timeout=90)
         totals = httpx2.get(f"{emulator.base_url}/_emulator/stats").json()["totals"]
-    assert process.returncode == code, err[-3000:]
+    assert process.returncode == code, err[:6000]
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data["interrupted_by"] == sig.name and data["exit_code"] == code, err[-3000:]
     total = data["total"]

@@ -87,6 +87,10 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
     STATE.interrupted_by = ""
     # SIGTERM is told apart from Ctrl-C by this; Locust's own handler quits the run.
     gevent.signal_handler(signal.SIGTERM, _record_sigterm)
+    # Ctrl-C: Python raises KeyboardInterrupt in whichever greenlet happens to run, which can
+    # be a user's, deep in a stream (seen: the interrupt lost, the run going on to -t).
+    # Taken here instead, and thrown where Locust waits for it: its main greenlet.
+    gevent.signal_handler(signal.SIGINT, _on_sigint)
     if web_ui is not None:
         webui.install(web_ui)
     if isinstance(runner, WorkerRunner):
@@ -362,6 +366,11 @@ def _test_stop(environment: Any, **_: Any) -> None:
 
 def _record_sigterm() -> None:
     STATE.interrupted_by = "SIGTERM"
+
+
+def _on_sigint() -> None:
+    STATE.interrupted_by = STATE.interrupted_by or "SIGINT"
+    gevent.get_hub().parent.throw(KeyboardInterrupt)
 
 
 @events.quitting.add_listener
