@@ -273,10 +273,20 @@ def _exit_code(
     """The run's exit code and its one-line reason (None: Locust's own decides).
 
     In order: 5 no request completed, 3 a scenario check failed or requests are unaccounted
-    for, 4 an SLO was breached, 6 the InfluxDB sink delivered nothing, 130/143 the run was
-    interrupted (SIGINT/SIGTERM); else 0 when checks or SLOs judged the run and passed.
+    for, 4 an SLO was breached, 6 the InfluxDB sink delivered nothing; else 0 when checks or
+    SLOs judged the run and passed. A run interrupted (SIGINT/SIGTERM) exits 130/143 unless
+    a check or an SLO failed (3, 4): what it did not complete, it was not let complete.
     """
     total = data["total"]
+    gate: tuple[int, str] | None = None
+    if breaches:
+        gate = EXIT_BREACH, f"{len(breaches)} end check(s) failed"
+    elif data.get("accounting", {}).get("mismatches"):
+        gate = EXIT_BREACH, "requests are unaccounted for (see accounting above)"
+    elif slo_breaches:
+        gate = capacity.EXIT_SLO, f"{len(slo_breaches)} SLO(s) breached"
+    if STATE.interrupted_by:
+        return gate or (EXIT_SIGNAL[STATE.interrupted_by], f"interrupted by {STATE.interrupted_by}")
     if STATE.aggregate.total().totals["requests"] and not total["ok"]:
         kinds = ", ".join(f"{k} x{v}" for k, v in sorted(total["failures_by_type"].items()))
         return EXIT_NOTHING_COMPLETED, (
@@ -284,26 +294,13 @@ def _exit_code(
             + (f" ({kinds})" if kinds else "")
             + f", {total['cancelled']} cancelled"
         )
-    if breaches:
-        return EXIT_BREACH, f"{len(breaches)} end check(s) failed"
-    if data.get("accounting", {}).get("mismatches"):
-        return EXIT_BREACH, "requests are unaccounted for (see accounting above)"
-    if slo_breaches:
-        return capacity.EXIT_SLO, f"{len(slo_breaches)} SLO(s) breached"
+    if gate is not None:
+        return gate
     sink = data.get("influxdb")
-    if (
-        sink is not None
-        and not sink["written"]
-        and not environment.parsed_options.influxdb_optional
-    ):
+    optional = environment.parsed_options.influxdb_optional
+    if sink is not None and not sink["written"] and not optional:
         why = sink.get("rejection") or f"{sink['dropped']} points dropped"
-        return (
-            EXIT_SINK,
-            f"the InfluxDB sink delivered nothing ({why}); --influxdb-optional allows it",
-        )
-    if STATE.interrupted_by:
-        code = EXIT_SIGNAL[STATE.interrupted_by]
-        return code, f"interrupted by {STATE.interrupted_by}"
+        return EXIT_SINK, f"the InfluxDB sink delivered nothing ({why}; see --influxdb-optional)"
     if breaches is not None or "slos" in data:
         return 0, ""  # judged by its checks or SLOs: expected failures (429s) do not fail it
     return None, ""
