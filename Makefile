@@ -34,9 +34,14 @@ lint: install
 
 # Bytecode written once: the tests start ~70 Locust and emulator processes, and with
 # PYTHONDONTWRITEBYTECODE set each would compile loadkit again (~0.6 s apiece).
+# Two phases: tests marked `timing` measure against ground truth (or load every core), so
+# they run alone; the rest, mostly waiting on Locust runs, run $(TEST_WORKERS) at a time.
+TEST_WORKERS ?= 2
 test: install system-deps lint
 	$(BIN)/python -m compileall -q loadkit locustfiles
-	$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not timing"; parallel=$$?; \
+	$(BIN)/python -m pytest -q -m timing; alone=$$?; \
+	test $$parallel -eq 0 -a $$alone -eq 0
 
 # The main job: a ~60 s headless load test of workloads/default.yaml against the embedded emulator
 # (--stop-timeout: streams in flight at the end finish instead of being cancelled).

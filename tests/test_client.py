@@ -57,6 +57,7 @@ def send_many(client: StreamingClient, specs: list[RequestSpec]) -> list[ResultR
         gc.enable()
 
 
+@pytest.mark.timing
 def test_accuracy_against_fixed_ttft_and_decode(client: StreamingClient, control: Control) -> None:
     control.configure(
         {
@@ -79,6 +80,7 @@ def test_accuracy_against_fixed_ttft_and_decode(client: StreamingClient, control
         assert otps == pytest.approx(decode, rel=0.02), (speed, otps)
 
 
+@pytest.mark.timing
 def test_per_request_ttft_matches_ground_truth_with_jitter(
     client: StreamingClient, control: Control
 ) -> None:

@@ -518,6 +518,7 @@ def _fill_served(emulator: EmulatorProcess, control: Control, records: int) -> N
     assert control.stats()["totals"]["received"] == records
 
 
+@pytest.mark.timing
 def test_served_is_streamed_without_stalling_the_loop(
     emulator: EmulatorProcess, control: Control
 ) -> None:

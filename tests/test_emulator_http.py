@@ -130,6 +130,7 @@ def test_config_endpoint_rejects_bad_values(emulator: EmulatorProcess, control: 
     assert current["faults"]["api_error_rate"] == 0
 
 
+@pytest.mark.timing
 def test_served_ground_truth(emulator: EmulatorProcess, control: Control) -> None:
     control.configure(
         {"models": {"claude-haiku-4-5": {"ttft_jitter": 0.3, "decode_jitter": 0.2}}}

@@ -126,6 +126,7 @@ def test_locust_views_equal_loadkits_and_stdout_stays_json(tmp_path: Path) -> No
     assert result.returncode == 1
 
 
+@pytest.mark.timing
 def test_distributed_run_merges_counts_and_sketches(tmp_path: Path) -> None:
     with EmulatorProcess(config=QUICK_EMULATOR, seed=11) as emulator:
         result, data = locust(
@@ -166,6 +167,7 @@ def test_distributed_run_merges_counts_and_sketches(tmp_path: Path) -> None:
         assert group["otps"]["p50"] == pytest.approx(statistics.median(decode), rel=0.05)
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("speed", ["standard", "fast"])
 def test_ttft_and_otps_accuracy_through_locust(tmp_path: Path, speed: str) -> None:
     fixed = {"ttft_base_ms": 100, "decode_tokens_per_s": 50, "ttft_jitter": 0, "decode_jitter": 0}

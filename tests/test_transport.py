@@ -263,6 +263,7 @@ def test_tls_with_a_trusted_self_signed_certificate(
         http.get("/")
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_reads_carry_the_time_their_bytes_arrived(
     serve: Callable[..., ScriptedServer], certificate: tuple[Path, Path], scheme: str

@@ -84,6 +84,7 @@ def run_scenario(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProces
     return result, json.loads(summary.read_text()) if summary.exists() else None
 
 
+@pytest.mark.timing
 def test_fallback_scenario_runs_as_it_stands_and_reports_each_check(tmp_path: Path) -> None:
     """``fast_fallback.py`` with no workload or emulator options uses its own, provokes fast
     429s, prints one PASS line per end check, and Locust's report names the target."""

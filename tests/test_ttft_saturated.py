@@ -93,6 +93,7 @@ def _run_saturated(client: StreamingClient) -> tuple[list[ResultRecord], list[fl
     return records, waits_ms
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("http_stack", HTTP_STACKS)
 def test_ttft_is_never_shorter_than_served_on_a_saturated_process(
     emulator: EmulatorProcess, control: Control, http_stack: str
