@@ -31,6 +31,7 @@ system-deps:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict loadkit
 
 # Bytecode written once: the tests start ~70 Locust and emulator processes, and with
 # PYTHONDONTWRITEBYTECODE set each would compile loadkit again (~0.6 s apiece).

@@ -16,9 +16,9 @@ import os
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anthropic
 import httpx2
@@ -136,7 +136,10 @@ class StreamingClient:
                 f"http_stack must be one of {', '.join(HTTP_STACKS)}, not {http_stack!r}"
             )
         ssl_context = httpx2.create_ssl_context()
-        hooks = {"request": [self._on_request], "response": [self._on_response]}
+        hooks: dict[str, list[Callable[..., Any]]] = {
+            "request": [self._on_request],
+            "response": [self._on_response],
+        }
         timeout = httpx2.Timeout(timeout_s, connect=connect_timeout_s)
         http_clients: list[httpx2.Client]
         if http_stack == "lean":
@@ -154,7 +157,9 @@ class StreamingClient:
             ]
         # A span per request would load the tracing backend as much as the API, and costs
         # ~70 us of CPU per request here: off unless the environment asks for it.
-        telemetry = None if os.environ.get("ANTHROPIC_OPEN_TELEMETRY") else False
+        telemetry: Literal[False] | None = (
+            None if os.environ.get("ANTHROPIC_OPEN_TELEMETRY") else False
+        )
         self._shards: list[anthropic.Anthropic] = [
             SDKClient(
                 api_key=api_key,
@@ -440,8 +445,9 @@ class StreamingClient:
     @staticmethod
     def _status_failure(record: ResultRecord, err: anthropic.APIStatusError) -> None:
         status = err.status_code
-        body = err.body if isinstance(err.body, dict) else {}
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        body: dict[str, Any] = err.body if isinstance(err.body, dict) else {}
+        found = body.get("error")
+        error: dict[str, Any] = found if isinstance(found, dict) else {}
         error_type = error.get("type") or STATUS_ERROR_TYPES.get(status, f"http_{status}")
         if status == 429:
             outcome = Outcome.RATE_LIMITED

@@ -19,7 +19,8 @@ from loadkit.sweep import capacity_label, capacity_line, verdict
 WINDOW_S = 5  # the width of the time windows the Locust layer slices by
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-Series = tuple[str, list[tuple[float, float]]]
+Point = tuple[float, float]
+Series = tuple[str, list[Point]]
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -140,7 +141,12 @@ def _over_time(aggregate: Aggregate) -> dict[str, list[Series]]:
         return {}
     first = min(windows)
     width = WINDOW_S
-    ttft50, ttft99, out_tps, req_s, errors, limited = [], [], [], [], [], []
+    ttft50: list[Point] = []
+    ttft99: list[Point] = []
+    out_tps: list[Point] = []
+    req_s: list[Point] = []
+    errors: list[Point] = []
+    limited: list[Point] = []
     for start, groups in windows.items():
         group = combine(groups.values())
         t = start - first

@@ -27,7 +27,8 @@ class Sketch:
     def quantile(self, q: float) -> float | None:
         if self._sketch.count == 0:
             return None
-        return float(self._sketch.get_quantile_value(q))
+        value = self._sketch.get_quantile_value(q)
+        return None if value is None else float(value)
 
     @property
     def mean(self) -> float | None:

@@ -63,7 +63,7 @@ def _arrival(ancillary: list[tuple[int, int, bytes]], now: int, wall: int) -> in
             seconds, nanos = TIMESPEC.unpack_from(data)
             age = wall - (seconds * 1_000_000_000 + nanos)
             if 0 <= age < MAX_STAMP_AGE_NS:
-                return now - age
+                return int(now - age)
     return now
 
 

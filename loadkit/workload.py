@@ -101,10 +101,14 @@ class BoundedFallbackSettings(FallbackSettings):
     )
 
 
+def _standard_only() -> dict[Speed, float]:
+    return {"standard": 1.0}
+
+
 class ModelMix(_TokenBounds):
     model: str
     weight: Weight = 1.0
-    speeds: dict[Speed, Weight] = Field(default_factory=lambda: {"standard": 1.0})
+    speeds: dict[Speed, Weight] = Field(default_factory=_standard_only)
     prompt_tokens: Distribution | None = None
     max_tokens: Distribution | None = None
     expect_errors: bool = Field(

@@ -24,6 +24,7 @@ from loadkit.emulator.config import (
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.emulator.limits import Bucket
 from loadkit.emulator.prompt import analyse_prompt, text_tokens
+from loadkit.emulator.stats import COUNTER_FIELDS, OUTCOMES, TOKEN_FIELDS, Counters
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -186,3 +187,10 @@ def test_distributions_sample_within_bounds() -> None:
     buckets = Buckets(buckets=[{"value": 1, "weight": 1}, {"value": 2, "weight": 3}])
     share = sum(buckets.sample(rng) == 2 for _ in range(4000)) / 4000
     assert 0.7 < share < 0.8
+
+
+def test_counters_hold_every_outcome_and_token_field_in_order() -> None:
+    """``received == in_flight + sum(OUTCOMES)``: a new outcome must be a counter too."""
+    expected = ("in_flight", "queued", "received", *OUTCOMES, *TOKEN_FIELDS)
+    assert expected == COUNTER_FIELDS
+    assert Counters(completed=2).as_dict()["completed"] == 2

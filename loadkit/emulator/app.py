@@ -201,7 +201,7 @@ class Job:
             self.end("cut")
             self.conn.cut()
             return
-        self.conn.finish_stream(sse.chunk(sse.error_event("overloaded_error", "Overloaded")))
+        self.conn.finish_stream(chunk(sse.error_event("overloaded_error", "Overloaded")))
         self.end("midstream_error")
 
     def _finish_unary(self) -> None:
@@ -486,7 +486,7 @@ class Emulator:
                 },
             },
         )
-        return sse.chunk(start + sse.CONTENT_BLOCK_START + sse.PING)
+        return chunk(start + sse.CONTENT_BLOCK_START + sse.PING)
 
     def closing_chunk(self, job: Job) -> bytes:
         delta = sse.event(
@@ -497,7 +497,7 @@ class Emulator:
                 "usage": self._usage(job, job.plan.output_tokens),
             },
         )
-        return sse.chunk(sse.CONTENT_BLOCK_STOP + delta + sse.MESSAGE_STOP)
+        return chunk(sse.CONTENT_BLOCK_STOP + delta + sse.MESSAGE_STOP)
 
     def message_body(self, job: Job) -> dict[str, Any]:
         return {

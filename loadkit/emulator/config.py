@@ -264,7 +264,7 @@ def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
             if isinstance(value, dict)
             else False
         )
-        if same_kind:
+        if same_kind and isinstance(current, dict):
             merged[key] = _deep_merge(current, value)
         else:
             merged[key] = value

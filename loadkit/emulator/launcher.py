@@ -114,7 +114,8 @@ class EmulatorProcess:
         if self._stderr is None:
             return ""
         self._stderr.seek(0)
-        return self._stderr.read()
+        text: str = self._stderr.read()
+        return text
 
     def stop(self) -> None:
         process = self.process

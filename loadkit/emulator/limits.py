@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -87,7 +88,7 @@ class BucketSet:
             updated[name] = old.resized(limit, now) if old else Bucket(limit, now)
         self.buckets = updated
 
-    def check(self, costs: dict[str, float], now: float) -> Limited | None:
+    def check(self, costs: Mapping[str, float], now: float) -> Limited | None:
         worst: Limited | None = None
         for name, cost in costs.items():
             bucket = self.buckets.get(name)
@@ -98,7 +99,7 @@ class BucketSet:
                 worst = Limited(name.replace("-", " "), bucket.capacity, wait)
         return worst
 
-    def charge(self, costs: dict[str, float]) -> None:
+    def charge(self, costs: Mapping[str, float]) -> None:
         for name, cost in costs.items():
             bucket = self.buckets.get(name)
             if bucket is not None:

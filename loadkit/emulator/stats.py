@@ -36,15 +36,32 @@ TOKEN_FIELDS = (
 )
 
 
+@dataclass(slots=True)
 class Counters:
-    __slots__ = ("in_flight", "queued", "received", *OUTCOMES, *TOKEN_FIELDS)
+    """One model and speed's counts: in flight, queued, received, then OUTCOMES and tokens."""
 
-    def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+    in_flight: int = 0
+    queued: int = 0
+    received: int = 0
+    completed: int = 0
+    rate_limited: int = 0
+    overloaded: int = 0
+    api_error: int = 0
+    midstream_error: int = 0
+    cut: int = 0
+    client_closed: int = 0
+    invalid: int = 0
+    unauthorized: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in COUNTER_FIELDS}
+
+
+COUNTER_FIELDS = tuple(f.name for f in fields(Counters))
 
 
 @dataclass(slots=True)
@@ -155,7 +172,7 @@ class Stats:
     def reset(self) -> None:
         kept = {key: c for key, c in self.by_key.items() if c.in_flight}
         for counters in kept.values():
-            for name in counters.__slots__:
+            for name in COUNTER_FIELDS:
                 if name not in ("in_flight", "queued"):
                     setattr(counters, name, 0)
             counters.received = counters.in_flight

@@ -252,8 +252,8 @@ def slices_for(record: ResultRecord) -> list[Slice]:
 
 
 def is_good(record: ResultRecord) -> bool:
-    settings = SETTINGS
-    return bool(settings and settings.slos) and meets_request_slos(record, settings.slos)
+    slos = SETTINGS.slos if SETTINGS is not None else []
+    return bool(slos) and meets_request_slos(record, slos)
 
 
 # The cost guard ---------------------------------------------------------------------------
@@ -317,18 +317,20 @@ class SweepShape(LoadTestShape):
     use_common_options = True
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Locust's shape is unannotated
         self._broken_steps = 0
         self._judged = -1
 
     def tick(self) -> tuple[int, float] | None:
         from loadkit.locust_plugin.state import STATE
 
-        options = self.runner.environment.parsed_options
-        plan = _plan(options)
-        if plan is None:
+        if self.runner is None:
             return None
-        elapsed = self.get_run_time()
+        options = self.runner.environment.parsed_options
+        plan = _plan(options) if options is not None else None
+        if options is None or plan is None:
+            return None
+        elapsed: float = self.get_run_time()  # type: ignore[no-untyped-call]
         step = plan.step_at(elapsed)
         if step is None:
             return None

@@ -67,7 +67,8 @@ def _add_options(parser: Any, **_: Any) -> None:
 
 
 def _stats(target: str) -> dict[str, Any]:
-    return httpx2.get(f"{target}/_emulator/stats", timeout=10).json()
+    stats: dict[str, Any] = httpx2.get(f"{target}/_emulator/stats", timeout=10).json()
+    return stats
 
 
 def _drive_recovery(target: str, recover_at: float, grace: float) -> None:

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from loadkit.record import ResultRecord
 
@@ -172,7 +172,7 @@ class InfluxSink:
     """Buffers records and lines, and writes them from a background writer."""
 
     def __init__(self, settings: SinkSettings, formatter: LineFormatter) -> None:
-        from influxdb_client import InfluxDBClient
+        from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
         self.settings = settings
@@ -239,7 +239,7 @@ class InfluxSink:
             return False
         items = [buffer[i] for i in range(count)]
         lines = self._lines(items)
-        from influxdb_client import WritePrecision
+        from influxdb_client.domain.write_precision import WritePrecision
         from influxdb_client.rest import ApiException
 
         rejected = 0
@@ -248,7 +248,8 @@ class InfluxSink:
                 bucket=self.settings.bucket,
                 org=self.settings.org,
                 record="\n".join(lines),
-                write_precision=WritePrecision.NS,
+                # the client's constants are plain strings typed as its enum-like class
+                write_precision=cast("WritePrecision", WritePrecision.NS),
             )
         except ApiException as err:
             status = int(err.status or 0)
