@@ -7,9 +7,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from loadkit.aggregate import SERVED, Aggregate, Group
 from loadkit.fallback import FallbackSettings
 from loadkit.fallback_checks import amplification_bound
+from loadkit.results import SCHEMA_VERSION, RunMeta, RunSummary, summary_json
 
 
 def _q(group: Group, sketch: str, q: float) -> float | None:
@@ -17,20 +20,21 @@ def _q(group: Group, sketch: str, q: float) -> float | None:
     return None if value is None else round(value, 3)
 
 
+# Latencies are read at their high percentiles, speeds at their low ones (the slow tail).
+LATENCY_QUANTILES = (0.5, 0.9, 0.95, 0.99)
+SPEED_QUANTILES = (0.1, 0.5, 0.9)
+
+
+def _percentiles(group: Group, sketch: str, quantiles: tuple[float, ...]) -> dict[str, Any]:
+    return {f"p{round(q * 100)}": _q(group, sketch, q) for q in quantiles}
+
+
 def _served_figures(group: Group, how: str) -> dict[str, Any]:
     return {
         "requests": group.totals[f"served_{how}"],
-        "ttft_ms": {
-            "p50": _q(group, f"ttft_ms_{how}", 0.5),
-            "p90": _q(group, f"ttft_ms_{how}", 0.9),
-            "p99": _q(group, f"ttft_ms_{how}", 0.99),
-        },
-        "otps": {
-            "p10": _q(group, f"otps_{how}", 0.1),
-            "p50": _q(group, f"otps_{how}", 0.5),
-            "p90": _q(group, f"otps_{how}", 0.9),
-        },
-        "e2e_ms": {"p50": _q(group, f"e2e_ms_{how}", 0.5), "p99": _q(group, f"e2e_ms_{how}", 0.99)},
+        "ttft_ms": _percentiles(group, f"ttft_ms_{how}", LATENCY_QUANTILES),
+        "otps": _percentiles(group, f"otps_{how}", SPEED_QUANTILES),
+        "e2e_ms": _percentiles(group, f"e2e_ms_{how}", LATENCY_QUANTILES),
     }
 
 
@@ -71,17 +75,9 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
         "responses_429": totals["responses_429"],
         "attempts": totals["attempts"],
         "fallbacks": totals["fallbacks"],
-        "ttft_ms": {
-            "p50": _q(group, "ttft_ms", 0.5),
-            "p90": _q(group, "ttft_ms", 0.9),
-            "p99": _q(group, "ttft_ms", 0.99),
-        },
-        "otps": {
-            "p10": _q(group, "otps", 0.1),
-            "p50": _q(group, "otps", 0.5),
-            "p90": _q(group, "otps", 0.9),
-        },
-        "e2e_ms": {"p50": _q(group, "e2e_ms", 0.5), "p99": _q(group, "e2e_ms", 0.99)},
+        "ttft_ms": _percentiles(group, "ttft_ms", LATENCY_QUANTILES),
+        "otps": _percentiles(group, "otps", SPEED_QUANTILES),
+        "e2e_ms": _percentiles(group, "e2e_ms", LATENCY_QUANTILES),
         "served": served,
         "itl_ms": {"p50": _q(group, "itl_ms", 0.5), "p99": _q(group, "itl_ms", 0.99)},
         "queue_ms": {"p50": _q(group, "queue_ms", 0.5), "p99": _q(group, "queue_ms", 0.99)},
@@ -117,19 +113,27 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
 
 
 def summary_data(
-    aggregate: Aggregate, run_id: str, fallback: FallbackSettings | None = None
+    aggregate: Aggregate,
+    run_id: str,
+    meta: RunMeta | None,
+    fallback: FallbackSettings | None = None,
 ) -> dict[str, Any]:
+    """The run's results as the schema's fields (``results.RunSummary``); the Locust layer
+    adds its scenario's sections, then ``write_summary`` checks and writes them."""
     elapsed = aggregate.elapsed_s
     groups = [
         {"model": model, "speed": speed, **group_figures(group, elapsed)}
         for (model, speed), group in sorted(aggregate.groups.items())
     ]
     data: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "duration_s": round(elapsed, 3),
         "groups": groups,
         "total": group_figures(aggregate.total(), elapsed),
     }
+    if meta is not None:
+        data["meta"] = meta.model_dump(mode="json")
     if fallback is not None:
         total = data["total"]
         data["policy"] = {
@@ -295,6 +299,15 @@ def finite(value: Any) -> Any:
     return value
 
 
-def write_json(data: dict[str, Any], path: str | Path) -> None:
-    text = json.dumps(finite(data), indent=2, sort_keys=True, allow_nan=False)
-    Path(path).write_text(text + "\n", encoding="utf-8")
+def write_summary(data: dict[str, Any], path: str | Path) -> str:
+    """Write the run's results as a ``RunSummary``; returns the problem if they did not fit
+    the schema (a defect: they are then written as they are, so that nothing is lost)."""
+    clean = finite(data)
+    try:
+        text = summary_json(RunSummary.model_validate(clean))
+        problem = ""
+    except ValidationError as err:
+        text = json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        problem = f"the results do not fit schema version {SCHEMA_VERSION}: {err}"
+    Path(path).write_text(text, encoding="utf-8")
+    return problem

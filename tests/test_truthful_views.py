@@ -54,7 +54,7 @@ def test_fallbacks_do_not_dilute_the_row_and_429s_are_counted_per_answer() -> No
     limited.attempts = [Attempt("fast", limited.t_send, status=429, sent=True) for _ in range(3)]
     aggregate.add(limited)  # three 429 answers (the SDK's retries), one request ended limited
     aggregate.ended_at = aggregate.started_at + 10
-    data = summary_data(aggregate, "run")
+    data = summary_data(aggregate, "run", None)
     (group,) = data["groups"]
     assert group["responses_429"] == 5 + 3 and group["rate_limited"] == 1
     assert group["requests"] == 16 and group["failures"] == 1

@@ -27,6 +27,7 @@ from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.gctune import tune_gc
 from loadkit.locust_plugin import capacity, influx, targets, webui
 from loadkit.locust_plugin.console import say
+from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import add_options, check_options
 from loadkit.locust_plugin.state import (
     STATE,
@@ -36,7 +37,7 @@ from loadkit.locust_plugin.state import (
 )
 from loadkit.locust_plugin.targets import TargetPolicy
 from loadkit.redact import redact_url
-from loadkit.summary import format_table, summary_data, write_json
+from loadkit.summary import format_table, summary_data, write_summary
 from loadkit.workload import WorkloadError
 
 log = logging.getLogger("loadkit")
@@ -316,7 +317,9 @@ def _finish(environment: Any) -> None:
         return
     STATE.finished = True
     STATE.aggregate.ended_at = STATE.aggregate.ended_at or time.time()
-    data = summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)
+    data = summary_data(
+        STATE.aggregate, STATE.run_id, current_meta(environment), STATE.fallback_settings
+    )
     if STATE.interrupted_by:
         data["interrupted_by"] = STATE.interrupted_by
     say("\n" + format_table(data))
@@ -345,7 +348,9 @@ def _finish(environment: Any) -> None:
     say("")
     path = environment.parsed_options.summary_json
     if path:
-        write_json(data, path)
+        problem = write_summary(data, path)
+        if problem:
+            log.error("loadkit: %s", problem)
         say(f"loadkit: summary written to {path}")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.locust_plugin.capacity import check_spending_cap
+from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import request_timeout
 from loadkit.locust_plugin.state import STATE, load_workload_option, resolve_path
 from loadkit.locust_plugin.targets import TargetPolicy, TargetRefused
@@ -53,7 +54,7 @@ def _num(value: float | None, digits: int = 1) -> float | str:
 
 def rows() -> list[dict[str, Any]]:
     """The summary table's rows (``table_rows``), as plain numbers."""
-    data = summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)
+    data = summary_data(STATE.aggregate, STATE.run_id, None, STATE.fallback_settings)
     groups = {(g["model"], g["speed"]): g for g in data["groups"]}
     groups[("all", "")] = data["total"]
     out = []
@@ -196,7 +197,14 @@ def install(web_ui: Any) -> None:
     def llm_summary() -> Any:
         return Response(
             json.dumps(
-                finite(summary_data(STATE.aggregate, STATE.run_id, STATE.fallback_settings)),
+                finite(
+                    summary_data(
+                        STATE.aggregate,
+                        STATE.run_id,
+                        current_meta(web_ui.environment),
+                        STATE.fallback_settings,
+                    )
+                ),
                 allow_nan=False,
             ),
             mimetype="application/json",

@@ -1,0 +1,95 @@
+"""The run's metadata for its results (``results.RunMeta``), read from Locust's options."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import platform
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import loadkit
+from loadkit.redact import redact_url
+from loadkit.results import RunMeta, Versions
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """loadkit's own commit when it runs from a git checkout (else None)."""
+    root = Path(loadkit.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found.stdout.strip() or None
+
+
+def _arrival(options: Any) -> str:
+    if options.sweep:
+        return (
+            f"sweep {options.sweep} {options.sweep_start:g}..{options.sweep_stop:g} "
+            f"step {options.sweep_step:g} every {options.sweep_step_duration:g} s"
+        )
+    if options.arrival_rate:
+        return f"open loop, {options.arrival} {options.arrival_rate:g}/s"
+    return "closed loop"
+
+
+def current_meta(environment: Any) -> RunMeta:
+    """The metadata of the run in ``STATE`` (on the local runner or the master)."""
+    from loadkit.locust_plugin.state import STATE
+
+    processes = 1
+    workers = getattr(environment.runner, "worker_count", None)  # a master
+    if workers is not None:
+        processes = max(1, len(STATE.final_reports), workers)
+    return run_meta(environment, STATE.aggregate.started_at, processes)
+
+
+def run_meta(environment: Any, started_at: float, processes: int) -> RunMeta:
+    options = environment.parsed_options
+    workload = getattr(options, "loadkit_workload_data", None) or {}
+    canonical = json.dumps(workload, sort_keys=True, separators=(",", ":"))
+    run_time = getattr(options, "run_time", None)
+    if isinstance(run_time, str):  # as typed in the web UI's form
+        from locust.util.timespan import parse_timespan
+
+        run_time = parse_timespan(run_time) if run_time.strip() else None
+    return RunMeta(
+        started_at=datetime.fromtimestamp(started_at, UTC).isoformat(timespec="seconds"),
+        workload=str(workload.get("name", "")),
+        workload_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+        target=redact_url(getattr(options, "loadkit_target", "") or ""),
+        users=options.num_users,
+        spawn_rate=options.spawn_rate,
+        run_time_s=float(run_time) if run_time else None,
+        arrival=_arrival(options),
+        processes=processes,
+        http_stack=getattr(options, "http_stack", "lean"),
+        versions=Versions(
+            loadkit=loadkit.__version__,
+            locust=_version("locust"),
+            anthropic=_version("anthropic"),
+            python=platform.python_version(),
+        ),
+        git_commit=git_commit(),
+    )

@@ -1,0 +1,190 @@
+"""The results schema: one typed, versioned document per run (``--summary-json``).
+
+``RunSummary`` is what every reader of a finished run reads: ``loadkit compare``, CI gates,
+the web UI's ``summary.json``. Its JSON Schema is published as ``docs/results-schema.json``.
+Version 1 types the run's metadata and the per-model x speed figures in full; the sections
+written by a scenario (fallback validation, sweep, open loop, SLOs, cost guard, accounting,
+InfluxDB) are objects whose fields are described in the README.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Percentiles(_Strict):
+    """Percentiles of one per-request metric; None when no request had a value."""
+
+    p10: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+
+class ServedFigures(_Strict):
+    requests: int
+    ttft_ms: Percentiles
+    otps: Percentiles
+    e2e_ms: Percentiles
+
+
+class FallbackFigures(_Strict):
+    fell_back: int
+    fallback_rate: float | None
+    success_rate: float | None
+    attempts_per_request: float | None
+    wait_s: float
+    cache_tokens_lost: int
+    violations: dict[str, int]
+
+
+class GroupFigures(_Strict):
+    """One model x speed's figures, or all of them (``total``).
+
+    ``requests`` ended (completed or failed); ``cancelled`` were cut by the run's end and are
+    neither. ``ttft_ms``/``otps``/``e2e_ms`` cover every request as its user waited for it;
+    ``served`` splits them by how the server served it (``as_asked`` or ``fell_back``).
+    """
+
+    requests: int
+    ok: int
+    failures: int
+    failure_ratio: float
+    cancelled: int
+    outcomes: dict[str, int]
+    failures_by_type: dict[str, int]
+    rate_limited: int
+    responses_429: int
+    attempts: int
+    fallbacks: int
+    ttft_ms: Percentiles
+    otps: Percentiles
+    e2e_ms: Percentiles
+    served: dict[Literal["as_asked", "fell_back"], ServedFigures]
+    itl_ms: Percentiles
+    queue_ms: Percentiles
+    schedule_ttft_ms: Percentiles
+    requests_per_s: float
+    input_tokens: int
+    output_tokens: int
+    cache_read_input_tokens: int
+    cache_creation_input_tokens: int
+    input_tokens_per_s: float
+    output_tokens_per_s: float
+    cache_hit_ratio: float | None
+    cost_usd: float
+    rate_limit_headroom: dict[str, int | str]
+    fallback: FallbackFigures
+    attempt_outcomes: dict[str, int]
+
+
+class ModelGroup(GroupFigures):
+    model: str
+    speed: str
+
+
+class Versions(_Strict):
+    loadkit: str
+    locust: str | None
+    anthropic: str | None
+    python: str
+
+
+class RunMeta(_Strict):
+    """What was run, against what, with which tools: enough to tell two runs apart."""
+
+    started_at: str  # ISO 8601, UTC
+    workload: str  # the workload's name
+    workload_sha256: str  # of the workload as the run used it (canonical JSON)
+    target: str  # the target's URL, credentials removed
+    users: int | None
+    spawn_rate: float | None
+    run_time_s: float | None  # -t, when given
+    arrival: str  # "closed loop", "open loop, poisson 20/s", "sweep rate 10..40 step 5"
+    processes: int  # load-generating processes (1, or the workers seen at the end)
+    http_stack: str
+    versions: Versions
+    git_commit: str | None  # loadkit's checkout, when it is one
+
+
+class RunSummary(BaseModel):
+    """One run's results. Sections absent from a run (no sweep, no SLOs...) are left out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    run_id: str
+    duration_s: float
+    meta: RunMeta
+    groups: list[ModelGroup]
+    total: GroupFigures
+    policy: dict[str, Any] | None = None
+    open_loop: dict[str, Any] | None = None
+    sweep: dict[str, Any] | None = None
+    slos: dict[str, Any] | None = None
+    cost_guard: dict[str, Any] | None = None
+    over_time: list[dict[str, Any]] | None = None
+    accounting: dict[str, Any] | None = None
+    validation: dict[str, Any] | None = None
+    influxdb: dict[str, Any] | None = None
+    breaches: list[str] | None = None
+    interrupted_by: str | None = None
+    exit_code: int | None = None
+    exit_reason: str | None = None
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read; the message names the file and the problem."""
+
+
+def summary_json(summary: RunSummary) -> str:
+    """The document as written: the fields a run set, sorted, strict JSON."""
+    data = summary.model_dump(mode="json", exclude_unset=True)
+    return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def load_summary(path: str | Path) -> RunSummary:
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ResultsError(f"{source}: cannot read it ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise ResultsError(f"{source}: not UTF-8 text (is it a results JSON file?)") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ResultsError(f"{source}: not JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{source}: not a loadkit results document (a JSON object)")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        found = "none" if version is None else repr(version)
+        raise ResultsError(
+            f"{source}: schema_version {found}; this loadkit reads version {SCHEMA_VERSION} "
+            "(files written by --summary-json)"
+        )
+    try:
+        return RunSummary.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ResultsError(
+            f"{source}: {where}: {first['msg']} ({err.error_count()} problem(s))"
+        ) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the current version (``docs/results-schema.json``)."""
+    return RunSummary.model_json_schema()
