@@ -102,7 +102,7 @@ class Group:
         attempts = record.attempts
         totals["attempts"] += len(attempts)
         if attempts:
-            totals["wait_ms"] += round(sum(a.waited_s for a in attempts) * 1000)
+            totals["wait_ms"] += round(record.retry_wait_s * 1000)
             tally = self.attempt_outcomes
             for attempt in attempts[:-1]:
                 tally[f"{attempt.speed}/{attempt_outcome(attempt.status)}"] += 1
@@ -117,8 +117,7 @@ class Group:
             else:
                 last_outcome = record.outcome.value
             tally[f"{last.speed}/{last_outcome}"] += 1
-            # answers with status 429, whatever the request did next (retry, fall back)
-            totals["responses_429"] += sum(1 for a in attempts if a.status == 429)
+            totals["responses_429"] += record.responses_429
         totals["fallbacks"] += record.fell_back
         totals["cache_tokens_lost"] += record.cache_tokens_lost
         self.cost_usd += record.cost_usd

@@ -139,5 +139,10 @@ class ResultRecord:
         return (self.output_tokens - 1) / (span / 1e9)
 
     @property
+    def responses_429(self) -> int:
+        """Attempts answered 429, retried or not."""
+        return sum(1 for a in self.attempts if a.status == 429)
+
+    @property
     def retry_wait_s(self) -> float:
         return sum(a.waited_s for a in self.attempts)

@@ -112,31 +112,28 @@ class LineFormatter:
         self._last_headroom: dict[tuple[str, str], int] = {}
 
     def request_line(self, r: ResultRecord) -> str:
-        t_send = r.t_send
-        start = t_send or r.t_end or time.perf_counter_ns()
-        first, end = r.t_first_token, r.t_end
+        """One request's point; its metrics are the record's own definitions."""
+        start = r.t_send or r.t_end or time.perf_counter_ns()
+        ttft, e2e, otps = r.ttft_ms, r.e2e_ms, r.otps
         optional = ""
-        if first and t_send:
-            optional += f",ttft_ms={(first - t_send) / 1e6}"
-        if end and t_send:
-            optional += f",e2e_ms={(end - t_send) / 1e6}"
-        span = r.t_last_token - first
-        if r.output_tokens > 1 and span > 0 and first:
-            optional += f",otps={(r.output_tokens - 1) * 1e9 / span}"
+        if ttft is not None:
+            optional += f",ttft_ms={ttft}"
+        if e2e is not None:
+            optional += f",e2e_ms={e2e}"
+        if otps is not None:
+            optional += f",otps={otps}"
         if r.error_type:
             optional += f",error_type={_string_field(r.error_type)}"
-        queue_ms = (t_send - r.t_intended) / 1e6 if r.t_intended and t_send else 0.0
-        wait_ms = sum(a.waited_s for a in r.attempts) * 1000 if len(r.attempts) > 1 else 0.0
-        responses_429 = sum(1 for a in r.attempts if a.status == 429)
         return (
             f"{REQUEST},{self.common},scenario={_tag(r.scenario)},model={_tag(r.model)},"
             f"speed={r.speed},served_speed={r.served_speed or 'none'},"
             f"outcome={r.outcome.value},fallback={'true' if r.fell_back else 'false'} "
-            f"attempts={len(r.attempts)}i,responses_429={responses_429}i,status={r.status}i,input_tokens={r.input_tokens}i,"
+            f"attempts={len(r.attempts)}i,responses_429={r.responses_429}i,status={r.status}i,"
+            f"input_tokens={r.input_tokens}i,"
             f"output_tokens={r.output_tokens}i,cache_read_tokens={r.cache_read_input_tokens}i,"
             f"cache_creation_tokens={r.cache_creation_input_tokens}i,"
-            f"cache_tokens_lost={r.cache_tokens_lost}i,retry_wait_ms={wait_ms},"
-            f"queue_ms={max(0.0, queue_ms)},cost_usd={_finite(r.cost_usd)}{optional} "
+            f"cache_tokens_lost={r.cache_tokens_lost}i,retry_wait_ms={r.retry_wait_s * 1000},"
+            f"queue_ms={r.queue_delay_ms},cost_usd={_finite(r.cost_usd)}{optional} "
             f"{start + self.wall_offset_ns}"
         )
 
