@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from loadkit.emulator.config import EmulatorConfig
+
 
 class Bucket:
     """Holds up to ``per_minute`` units and refills at ``per_minute / 60`` units per second."""
@@ -129,3 +131,63 @@ class BucketSet:
         if self.header_prefix == "anthropic-ratelimit-" and tightest is not None:
             out.extend((f"{self.header_prefix}tokens-{part}", value) for part, value in tightest[1])
         return out
+
+
+class RateLimits:
+    """The limits the emulator enforces: a standard set per rate-limit class, and fast mode's
+    (whose headers a fast request gets as well as its class's)."""
+
+    def __init__(self) -> None:
+        self.classes: dict[str, BucketSet] = {}
+        self.fast = BucketSet("anthropic-fast-", {}, 0.0)
+
+    def configure(self, config: EmulatorConfig, now: float) -> None:
+        """Takes the new limits, keeping what has been used; a class no longer configured
+        keeps its buckets."""
+        for name, limit in config.rate_limits.items():
+            values = {
+                "requests": limit.requests_per_minute,
+                "input-tokens": limit.input_tokens_per_minute,
+                "output-tokens": limit.output_tokens_per_minute,
+            }
+            if name in self.classes:
+                self.classes[name].reconfigure(values, now)
+            else:
+                self.classes[name] = BucketSet("anthropic-ratelimit-", values, now)
+        self.fast.reconfigure(
+            {
+                "input-tokens": config.fast_mode.input_tokens_per_minute,
+                "output-tokens": config.fast_mode.output_tokens_per_minute,
+            },
+            now,
+        )
+
+    def clear(self) -> None:
+        """Forgets every bucket (``configure`` then starts them full)."""
+        self.classes.clear()
+        self.fast = BucketSet("anthropic-fast-", {}, 0.0)
+
+    def charge(
+        self, rate_class: str, speed: str, input_tokens: int, max_tokens: int, now: float
+    ) -> Limited | None:
+        """Charges a request's cost if every bucket has room, else says which refused it."""
+        if speed == "fast":
+            costs = {"input-tokens": input_tokens, "output-tokens": max_tokens}
+            bucket_set = self.fast
+        else:
+            costs = {"requests": 1, "input-tokens": input_tokens, "output-tokens": max_tokens}
+            bucket_set = self.classes[rate_class]
+        limited = bucket_set.check(costs, now)
+        if limited is None:
+            bucket_set.charge(costs)
+        return limited
+
+    def refund(self, rate_class: str, speed: str, unused_output: int, now: float) -> None:
+        bucket_set = self.fast if speed == "fast" else self.classes[rate_class]
+        bucket_set.refund("output-tokens", unused_output, now)
+
+    def headers(self, rate_class: str, speed: str, now: float) -> list[tuple[str, str]]:
+        headers = self.classes[rate_class].headers(now)
+        if speed == "fast":
+            headers.extend(self.fast.headers(now))
+        return headers

@@ -2,7 +2,7 @@
 
 A control token (``run(control_token=...)``, else the environment variable
 ``LOADKIT_EMULATOR_CONTROL_TOKEN``) makes the mutating control endpoints require it; see
-``loadkit.emulator.app``. Prefer the environment variable: a command-line argument is visible
+``loadkit.emulator.control``. Prefer the environment variable: a command-line argument is visible
 to every user of the machine (``ps``). The token is never printed.
 """
 

@@ -1,0 +1,77 @@
+"""What the emulator serves an admitted request: its fault, its timing, its length.
+
+Every draw comes from the emulator's seeded ``random.Random``, in a fixed order, so that a
+seed replays the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from loadkit.distributions import Distribution
+from loadkit.emulator.cache import CacheOutcome
+from loadkit.emulator.config import Faults, ModelProfile
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the emulator decided to serve for one admitted request."""
+
+    input_tokens: int  # uncached, as reported in usage.input_tokens
+    cache: CacheOutcome
+    output_tokens: int
+    stop_reason: str
+    ttft_s: float  # prefill time, from the start of service
+    decode_tokens_per_s: float
+    fault: str | None  # "midstream_error" | "cut" | None
+    fault_at_token: int
+
+
+def draw_fault(rng: random.Random, faults: Faults) -> str | None:
+    """One draw: "api_error" or "overloaded" (refused), "midstream_error" or "cut" (served,
+    then broken), or None."""
+    draw = rng.random()
+    if draw < faults.api_error_rate:
+        return "api_error"
+    draw -= faults.api_error_rate
+    if draw < faults.overloaded_rate:
+        return "overloaded"
+    draw -= faults.overloaded_rate
+    if draw < faults.midstream_error_rate:
+        return "midstream_error"
+    if draw - faults.midstream_error_rate < faults.connection_cut_rate:
+        return "cut"
+    return None
+
+
+def draw_plan(
+    rng: random.Random,
+    profile: ModelProfile,
+    output_tokens: Distribution,
+    speed: str,
+    uncached: int,
+    cache: CacheOutcome,
+    max_tokens: int,
+    fault: str | None,
+) -> Plan:
+    ttft_s = (
+        profile.ttft_base_ms / 1000.0
+        + (uncached + cache.creation_tokens) / profile.prefill_tokens_per_s
+    ) * _jitter(rng, profile.ttft_jitter)
+    decode = profile.decode_tokens_per_s * _jitter(rng, profile.decode_jitter)
+    if speed == "fast":
+        decode *= profile.fast_decode_multiplier
+    wanted = max(1, output_tokens.sample(rng))
+    served_tokens = min(wanted, max_tokens)
+    stop_reason = "max_tokens" if wanted >= max_tokens else "end_turn"
+    fault_at = rng.randint(1, max(1, served_tokens - 1)) if fault else 0
+    return Plan(uncached, cache, served_tokens, stop_reason, ttft_s, decode, fault, fault_at)
+
+
+def _jitter(rng: random.Random, sigma: float) -> float:
+    """A log-normal factor with mean 1 (so jitter does not shift the average)."""
+    if sigma == 0:
+        return 1.0
+    return math.exp(rng.gauss(-sigma * sigma / 2, sigma))
