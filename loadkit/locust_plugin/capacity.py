@@ -17,14 +17,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from locust import LoadTestShape, events
+from locust import LoadTestShape
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadkit.aggregate import Aggregate, Slice, combine
+from loadkit.aggregate import Slice, combine
 from loadkit.arrivals import ArrivalSchedule
 from loadkit.budget import Budget, worst_case_cost
 from loadkit.client import RequestSpec
 from loadkit.locust_plugin.console import say
+from loadkit.locust_plugin.run import Run, RunPlan, run_of
 from loadkit.record import ResultRecord
 from loadkit.report import WINDOW_S as REPORT_WINDOW_S
 from loadkit.report import write_report
@@ -109,7 +110,6 @@ class Settings:
     budget: Budget | None
 
 
-SETTINGS: Settings | None = None
 WALL_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
 
 
@@ -138,8 +138,12 @@ def check_spending_cap(target: str, max_cost_usd: float) -> None:
         )
 
 
-def prepare_master(environment: Any, workload_slos: list[str], target: str) -> None:
-    """On the master (or local runner) at each start: validate and forward the settings."""
+def prepare_master(
+    run: Run, workload_slos: list[str], target: str, key_kind: str
+) -> tuple[float, float, int]:
+    """On the master (or local runner) at each start: check the settings; returns the start
+    (time.time()), each process's share of the cost cap and the users in total."""
+    environment = run.environment
     options = environment.parsed_options
     _options_slos(options, workload_slos)  # raises SLOError naming the bad expression
     plan = _plan(options)
@@ -150,11 +154,9 @@ def prepare_master(environment: Any, workload_slos: list[str], target: str) -> N
             raise SLOError("--sweep users steps closed-loop users: leave out --arrival-rate")
         if environment.shape_class is None:
             raise SLOError("--sweep needs the sweep load shape: use -f locustfiles/sweep.py")
-    if getattr(options, "loadkit_key_kind", "real") == "real":  # an emulator costs nothing
+    if key_kind == "real":  # an emulator costs nothing
         check_spending_cap(target, options.max_cost_usd)
     now = time.time()
-    options.loadkit_run_start = now
-    options.loadkit_sweep_start = now
     if environment.shape_class is not None:
         # The shape's steps on the sweep's clock, as Locust's master does after test_start (a
         # local runner's shape clock started before the embedded emulator did).
@@ -162,22 +164,20 @@ def prepare_master(environment: Any, workload_slos: list[str], target: str) -> N
     processes = 1
     if isinstance(environment.runner, MasterRunner):
         processes = max(1, len(environment.runner.clients.ready) or options.expect_workers or 1)
-    options.loadkit_cost_cap_per_process = options.max_cost_usd / processes
-    options.loadkit_users_total = max(1, int(options.num_users or 1))
+    return now, options.max_cost_usd / processes, max(1, int(options.num_users or 1))
 
 
-def prepare_process(environment: Any, workload_slos: list[str]) -> None:
+def prepare_process(run: Run, run_plan: RunPlan) -> None:
     """On every process that runs users, at each start."""
-    global SETTINGS
-    options = environment.parsed_options
-    users = max(1, int(getattr(options, "loadkit_users_total", 1)))
+    options = run.options
+    users = run_plan.users_total
     plan = _plan(options)
-    cap = getattr(options, "loadkit_cost_cap_per_process", 0.0)
-    SETTINGS = Settings(
-        slos=_options_slos(options, workload_slos),
+    cap = run_plan.cost_cap_per_process
+    run.capacity = Settings(
+        slos=_options_slos(options, list(run_plan.workload_slos)),
         plan=plan,
-        sweep_start_wall=getattr(options, "loadkit_sweep_start", time.time()),
-        run_start_wall=getattr(options, "loadkit_run_start", time.time()),
+        sweep_start_wall=run_plan.sweep_start,
+        run_start_wall=run_plan.run_start,
         rate_per_user=options.arrival_rate / users,
         users_total=users,
         in_flight_per_user=max(1, math.ceil(options.max_in_flight / users)),
@@ -187,11 +187,8 @@ def prepare_process(environment: Any, workload_slos: list[str]) -> None:
     )
 
 
-def rate_per_user_at(wall: float) -> float:
+def rate_per_user_at(settings: Settings, wall: float) -> float:
     """The open-loop rate of one user's share at the wall-clock time ``wall``."""
-    settings = SETTINGS
-    if settings is None:
-        return 0.0
     plan = settings.plan
     if plan is None or plan.kind != "rate":
         return settings.rate_per_user
@@ -199,10 +196,9 @@ def rate_per_user_at(wall: float) -> float:
     return plan.load(step) / settings.users_total if step is not None else 0.0
 
 
-def next_rate_change(wall: float) -> float | None:
+def next_rate_change(settings: Settings, wall: float) -> float | None:
     """The wall-clock time of the first rate change after ``wall`` (None: none comes)."""
-    settings = SETTINGS
-    if settings is None or settings.plan is None or settings.plan.kind != "rate":
+    if settings.plan is None or settings.plan.kind != "rate":
         return None
     plan = settings.plan
     elapsed = wall - settings.sweep_start_wall
@@ -212,23 +208,22 @@ def next_rate_change(wall: float) -> float | None:
     return settings.sweep_start_wall + step * plan.step_duration_s if step <= plan.steps else None
 
 
-def open_loop_active() -> bool:
-    return SETTINGS is not None and SETTINGS.rate_per_user > 0
+def open_loop_active(settings: Settings | None) -> bool:
+    return settings is not None and settings.rate_per_user > 0
 
 
-def open_loop_schedule(rng: random.Random) -> ArrivalSchedule | None:
-    settings = SETTINGS
+def open_loop_schedule(settings: Settings | None, rng: random.Random) -> ArrivalSchedule | None:
     if settings is None or settings.rate_per_user <= 0:
         return None
     started_wall = time.time()
     started_ns = time.perf_counter_ns()
 
     def changes_after(seconds: float) -> float | None:
-        change = next_rate_change(started_wall + seconds)
+        change = next_rate_change(settings, started_wall + seconds)
         return None if change is None else change - started_wall
 
     return ArrivalSchedule(
-        lambda seconds: rate_per_user_at(started_wall + seconds),
+        lambda seconds: rate_per_user_at(settings, started_wall + seconds),
         settings.arrival,  # type: ignore[arg-type]
         rng,
         start_ns=started_ns,
@@ -236,8 +231,7 @@ def open_loop_schedule(rng: random.Random) -> ArrivalSchedule | None:
     )
 
 
-def slices_for(record: ResultRecord) -> list[Slice]:
-    settings = SETTINGS
+def slices_for(settings: Settings | None, record: ResultRecord) -> list[Slice]:
     if settings is None:
         return []
     started = ((record.t_intended or record.t_send or record.t_end) + WALL_OFFSET_NS) / 1e9
@@ -251,15 +245,14 @@ def slices_for(record: ResultRecord) -> list[Slice]:
     return out
 
 
-def is_good(record: ResultRecord) -> bool:
-    slos = SETTINGS.slos if SETTINGS is not None else []
+def is_good(settings: Settings | None, record: ResultRecord) -> bool:
+    slos = settings.slos if settings is not None else []
     return bool(slos) and meets_request_slos(record, slos)
 
 
 # The cost guard ---------------------------------------------------------------------------
-def reserve(spec: RequestSpec, cached_tokens: int) -> float | None:
+def reserve(settings: Settings | None, spec: RequestSpec, cached_tokens: int) -> float | None:
     """The estimate reserved for ``spec``, 0.0 without a cap, None if the cap forbids it."""
-    settings = SETTINGS
     if settings is None or settings.budget is None:
         return 0.0
     estimate = worst_case_cost(
@@ -269,43 +262,37 @@ def reserve(spec: RequestSpec, cached_tokens: int) -> float | None:
     return estimate if settings.budget.reserve(estimate) else None
 
 
-def settle(estimate: float, record: ResultRecord) -> None:
-    settings = SETTINGS
+def settle(settings: Settings | None, estimate: float, record: ResultRecord) -> None:
     if settings is not None and settings.budget is not None:
         settings.budget.settle(estimate, record.cost_usd)
 
 
-def budget_exhausted() -> bool:
-    return bool(SETTINGS and SETTINGS.budget and SETTINGS.budget.exhausted)
+def budget_exhausted(settings: Settings | None) -> bool:
+    return bool(settings and settings.budget and settings.budget.exhausted)
 
 
-class _Guard:
-    stopping = False
-
-
-def stop_for_budget(environment: Any) -> None:
+def stop_for_budget(run: Run) -> None:
     """Stop the whole run once (from a local runner; workers tell the master in reports)."""
     import gevent
 
-    if _Guard.stopping or isinstance(environment.runner, WorkerRunner):
+    environment = run.environment
+    if run.budget_stopping or isinstance(environment.runner, WorkerRunner):
         return
-    _Guard.stopping = True
-    settings = SETTINGS
+    run.budget_stopping = True
+    settings = run.capacity
     cap = settings.budget.cap_usd if settings and settings.budget else 0
     say(f"cost guard: the next request would pass the ${cap:.4f} cap; stopping")
     runner = environment.runner
     gevent.spawn(runner.quit if environment.parsed_options.headless else runner.stop)
 
 
-def _report(client_id: str, data: dict[str, Any], **_: Any) -> None:
-    data[BUDGET_KEY] = budget_exhausted()
+def _report(run: Run, data: dict[str, Any]) -> None:
+    data[BUDGET_KEY] = budget_exhausted(run.capacity)
 
 
-def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
-    from loadkit.locust_plugin.state import STATE
-
-    if data.get(BUDGET_KEY) and STATE.environment is not None:
-        stop_for_budget(STATE.environment)
+def _worker_report(run: Run, data: dict[str, Any]) -> None:
+    if data.get(BUDGET_KEY):
+        stop_for_budget(run)
 
 
 # The sweep shape --------------------------------------------------------------------------
@@ -322,8 +309,6 @@ class SweepShape(LoadTestShape):
         self._judged = -1
 
     def tick(self) -> tuple[int, float] | None:
-        from loadkit.locust_plugin.state import STATE
-
         if self.runner is None:
             return None
         options = self.runner.environment.parsed_options
@@ -337,8 +322,10 @@ class SweepShape(LoadTestShape):
         # Judge the previous step once the workers' reports for it are in (3 s cadence).
         if step - 1 > self._judged and elapsed - step * plan.step_duration_s > 3.5:
             self._judged = step - 1
-            slos = _options_slos(options, getattr(options, "loadkit_workload_slos", []))
-            groups = STATE.aggregate.slices("step").get(step - 1)
+            run = run_of(self.runner.environment)
+            workload_slos = list(run.plan.workload_slos) if run.plan else []
+            slos = _options_slos(options, workload_slos)
+            groups = run.aggregate.slices("step").get(step - 1)
             if slos and groups:
                 from loadkit.sweep import step_row
 
@@ -352,10 +339,11 @@ class SweepShape(LoadTestShape):
 
 
 # The end of a run -------------------------------------------------------------------------
-def finish(environment: Any, aggregate: Aggregate, data: dict[str, Any]) -> list[str]:
+def finish(run: Run, data: dict[str, Any]) -> list[str]:
     """Sweep table, SLO verdicts, JUnit, report; returns the breached SLO lines."""
-    options = environment.parsed_options
-    settings = SETTINGS
+    options = run.options
+    aggregate = run.aggregate
+    settings = run.capacity
     if aggregate.schedule:
         data["open_loop"] = {
             **dict(aggregate.schedule),
@@ -374,7 +362,8 @@ def finish(environment: Any, aggregate: Aggregate, data: dict[str, Any]) -> list
     slos = settings.slos if settings else []
     plan = _plan(options)
     if plan is not None:
-        elapsed = (aggregate.ended_at or time.time()) - getattr(options, "loadkit_sweep_start", 0)
+        sweep_start = settings.sweep_start_wall if settings else aggregate.started_at
+        elapsed = (aggregate.ended_at or time.time()) - sweep_start
         completed = min(plan.steps, int(elapsed // plan.step_duration_s + 1e-6))
         data["sweep"] = analyse(plan, aggregate, slos, completed)
         say(format_sweep(data["sweep"]))
@@ -396,7 +385,7 @@ def finish(environment: Any, aggregate: Aggregate, data: dict[str, Any]) -> list
         data["cost_guard"] = {
             "cap_usd": options.max_cost_usd,
             "spent_usd": data["total"]["cost_usd"],
-            "stopped": _Guard.stopping,
+            "stopped": run.budget_stopping,
         }
     windows = aggregate.slices("window")
     if windows:
@@ -426,10 +415,7 @@ def over_time(windows: dict[int, dict[tuple[str, str], Any]]) -> list[dict[str, 
     return rows
 
 
-def reset() -> None:
-    _Guard.stopping = False
-
-
-def install() -> None:
-    events.report_to_master.add_listener(_report)
-    events.worker_report.add_listener(_worker_report)
+def install(events: Any, run: Run) -> None:
+    """The cost guard across processes: a worker's exhausted budget stops the whole run."""
+    events.report_to_master.add_listener(lambda client_id, data, **_: _report(run, data))
+    events.worker_report.add_listener(lambda client_id, data, **_: _worker_report(run, data))

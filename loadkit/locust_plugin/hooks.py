@@ -1,9 +1,11 @@
 """Locust event wiring: options, run preparation, worker reports, the end-of-run summary.
 
-Process roles: the local runner does everything; in distributed runs the master validates
-the workload, starts the embedded emulator if needed and forwards both (through
-``parsed_options``) to the workers, which run the users and report their aggregates every
-few seconds; the master merges them and prints the summary.
+Each Locust ``Environment`` has one ``Run`` (``run.py``); at ``init`` every feature installs
+its listeners on the environment's events for that run. Process roles: the local runner does
+everything; in distributed runs the master validates the workload, starts the embedded
+emulator if needed and sends its workers a ``RunPlan`` (under one ``parsed_options`` key);
+the workers run the users and report their aggregates every few seconds; the master merges
+them and prints the summary.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import gevent
 from locust import events
@@ -29,11 +30,14 @@ from loadkit.locust_plugin import capacity, influx, targets, webui
 from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import add_options, check_options
-from loadkit.locust_plugin.state import (
-    STATE,
+from loadkit.locust_plugin.run import (
+    PLAN_KEY,
+    Run,
+    RunPlan,
     fallback_settings,
     load_workload_option,
     resolve_path,
+    run_of,
 )
 from loadkit.locust_plugin.targets import TargetPolicy
 from loadkit.redact import redact_url
@@ -52,8 +56,6 @@ EXIT_BREACH = 3  # a scenario's end-of-run check failed, or requests are unaccou
 EXIT_NOTHING_COMPLETED = 5
 EXIT_SINK = 6
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
-#: Scenario checks run at the end on the master: (environment, summary data) -> breaches.
-END_CHECKS: list[Callable[[Any, dict[str, Any]], list[str]]] = []
 
 
 @events.init_command_line_parser.add_listener
@@ -64,13 +66,14 @@ def _options(parser: Any, **_: Any) -> None:
     capacity.add_options(parser)
 
 
-def _fail_run(environment: Any, message: str) -> None:
+def _fail_run(run: Run, message: str) -> None:
     """A run that cannot start: say why, once, and end it with exit code 2."""
     say(f"loadkit: {message}")  # stderr, where Locust's log goes too, unless --logfile
+    environment = run.environment
     options = environment.parsed_options
     if options is not None and getattr(options, "logfile", None):
         log.error("%s", message)
-    STATE.refused = True
+    run.refused = True
     environment.process_exit_code = 2
     runner = environment.runner
     if environment.parsed_options and environment.parsed_options.headless:
@@ -84,156 +87,177 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
     # CPU-heavy imports leave gevent's cached clock behind; without this, -t ends early.
     gevent.get_hub().loop.update_now()
     tune_gc()  # full collections would stall every stream of the process (and its timings)
-    STATE.environment = environment
-    STATE.interrupted_by = ""
+    run = run_of(environment)
+    run.interrupted_by = ""
+    install(environment.events, run)
+    influx.install(environment.events, run)
+    capacity.install(environment.events, run)
     # SIGTERM is told apart from Ctrl-C by this; Locust's own handler quits the run.
-    gevent.signal_handler(signal.SIGTERM, _record_sigterm)
+    gevent.signal_handler(signal.SIGTERM, _record_sigterm, run)
     # Ctrl-C: Python raises KeyboardInterrupt in whichever greenlet happens to run, which can
     # be a user's, deep in a stream (seen: the interrupt lost, the run going on to -t).
     # Taken here instead, and thrown where Locust waits for it: its main greenlet.
-    gevent.signal_handler(signal.SIGINT, _on_sigint)
+    gevent.signal_handler(signal.SIGINT, _on_sigint, run)
     if web_ui is not None:
-        webui.install(web_ui)
+        webui.install(web_ui, run)
     if isinstance(runner, WorkerRunner):
-        runner.register_message(STOP_MESSAGE, _stop_and_report)
+        runner.register_message(STOP_MESSAGE, lambda msg, **_: _stop_and_report(run))
         return
     if environment.parsed_options is None:
         return
-    STATE.targets = TargetPolicy.at_start(environment.parsed_options, environment.host)
+    run.targets = TargetPolicy.at_start(environment.parsed_options, environment.host)
     try:  # fail fast, before anything starts, on a bad workload or emulator config
         load_workload_option(environment.parsed_options.workload)
         if environment.parsed_options.emulator_config:
             load_config(resolve_path(environment.parsed_options.emulator_config))
     except (WorkloadError, ConfigError) as err:
-        _fail_run(environment, str(err))
+        _fail_run(run, str(err))
         # A headless run quits now, but Locust starts it all the same: test_start must not
         # load the file again (and say the same thing a second time).
-        STATE.refused_at_init = bool(environment.parsed_options.headless)
+        run.refused_at_init = bool(environment.parsed_options.headless)
 
 
-def _given_target(environment: Any) -> str:
+def _given_target(run: Run) -> str:
     """The target the operator named (option, Locust's host, environment), or ""."""
-    options = environment.parsed_options
+    environment = run.environment
     host = environment.host or ""
-    if STATE.emulator is not None and host.rstrip("/") == STATE.emulator.base_url:
+    if run.emulator is not None and host.rstrip("/") == run.emulator.base_url:
         host = ""  # set by loadkit to the embedded emulator, not given
-    given = options.target_url or host or os.environ.get("ANTHROPIC_BASE_URL", "")
+    given = run.options.target_url or host or os.environ.get("ANTHROPIC_BASE_URL", "")
     return str(given).rstrip("/")
 
 
-def _target(environment: Any) -> str:
-    options = environment.parsed_options
-    given = _given_target(environment)
+def _target(run: Run) -> tuple[str, Literal["emulator", "real"], str]:
+    """The run's target, the key it gets and the embedded emulator's URL ("" if given)."""
+    given = _given_target(run)
     if given:
-        options.loadkit_embedded_url = ""
-        policy = STATE.targets or TargetPolicy(frozenset())
-        options.loadkit_key_kind = policy.key_for(given)  # raises TargetRefused
-        environment.host = given
-        return given
-    if STATE.emulator is None:
+        policy = run.targets or TargetPolicy(frozenset())
+        key_kind = policy.key_for(given)  # raises TargetRefused
+        run.environment.host = given
+        return given, key_kind, ""
+    if run.emulator is None:
+        options = run.options
         config_path = resolve_path(options.emulator_config) if options.emulator_config else None
-        STATE.emulator = EmulatorProcess(config_path=config_path)
-        STATE.emulator.start()
-        log.info("loadkit: started the embedded emulator at %s", STATE.emulator.base_url)
-    options.loadkit_embedded_url = STATE.emulator.base_url
-    options.loadkit_key_kind = "emulator"
-    environment.host = STATE.emulator.base_url  # Locust's own views name the target
-    return STATE.emulator.base_url
+        run.emulator = EmulatorProcess(config_path=config_path)
+        run.emulator.start()
+        log.info("loadkit: started the embedded emulator at %s", run.emulator.base_url)
+    run.environment.host = run.emulator.base_url  # Locust's own views name the target
+    return run.emulator.base_url, "emulator", run.emulator.base_url
 
 
-@events.test_start.add_listener
-def _test_start(environment: Any, **_: Any) -> None:
-    options = environment.parsed_options
-    runner = environment.runner
-    STATE.finished = STATE.stopped = False
-    STATE.stopping_at = 0
-    STATE.aggregate.reset()
-    STATE.refused = False
-    if STATE.refused_at_init:
-        STATE.refused = True
+def _plan_the_run(run: Run) -> RunPlan:
+    """On the master (or local runner) at each start: check everything, decide the plan."""
+    options = run.options
+    check_options(options)  # values from the web form skip argparse's checks
+    workload = load_workload_option(options.workload)
+    run.fallback_settings = fallback_settings(workload, options)
+    target, key_kind, embedded_url = _target(run)
+    # (before anything reaches the target: a remote one needs a spending cap)
+    started, cost_cap, users = capacity.prepare_master(run, workload.slos, target, key_kind)
+    # When the target is a loadkit emulator, its counters are reconciled at the end.
+    counters = EmulatorCounters(target)
+    run.emulator_counters = counters if counters.available else None
+    plan = RunPlan(
+        run_id=time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3),
+        target=target,
+        key_kind=key_kind,
+        embedded_url=embedded_url,
+        workload=workload.model_dump(mode="json", by_alias=True),
+        workload_slos=tuple(workload.slos),
+        run_start=started,
+        sweep_start=started,
+        cost_cap_per_process=cost_cap,
+        users_total=users,
+    )
+    log.info(
+        "loadkit run %s: workload %s, target %s", plan.run_id, workload.name, redact_url(target)
+    )
+    return plan
+
+
+def _test_start(run: Run) -> None:
+    options = run.options
+    runner = run.environment.runner
+    run.finished = run.stopped = False
+    run.stopping_at = 0
+    run.aggregate.reset()
+    run.refused = False
+    run.plan = None
+    if run.refused_at_init:
+        run.refused = True
         return
     if not isinstance(runner, WorkerRunner):
+        setattr(options, PLAN_KEY, None)  # a refused start sends its workers no stale plan
         try:
-            check_options(options)  # values from the web form skip argparse's checks
-            workload = load_workload_option(options.workload)
-            options.loadkit_workload_data = workload.model_dump(mode="json", by_alias=True)
-            options.loadkit_workload_slos = workload.slos
-            STATE.fallback_settings = fallback_settings(workload, options)
-            options.loadkit_target = _target(environment)
-            # (before anything reaches the target: a remote one needs a spending cap)
-            capacity.prepare_master(environment, workload.slos, options.loadkit_target)
-            # When the target is a loadkit emulator, its counters are reconciled at the end.
-            counters = EmulatorCounters(options.loadkit_target)
-            STATE.emulator_counters = counters if counters.available else None
+            plan = _plan_the_run(run)
         except (WorkloadError, ConfigError, EmulatorStartError, ValueError) as err:
-            _fail_run(environment, str(err))
+            _fail_run(run, str(err))
             return
-        options.loadkit_run_id = STATE.run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(
-            3
-        )
-        log.info(
-            "loadkit run %s: workload %s, target %s",
-            STATE.run_id,
-            workload.name,
-            redact_url(options.loadkit_target),
-        )
+        plan.to_options(options)
     else:
-        STATE.run_id = options.loadkit_run_id
-    capacity.reset()
+        try:
+            found = RunPlan.from_options(options)
+        except ValueError as err:
+            _fail_run(run, str(err))
+            return
+        if found is None:  # the master refused this start and said why
+            run.refused = True
+            return
+        plan = found
+    run.plan = plan
+    run.run_id = plan.run_id
+    run.budget_stopping = False
     try:
-        capacity.prepare_process(environment, options.loadkit_workload_slos)
+        capacity.prepare_process(run, plan)
     except ValueError as err:
-        _fail_run(environment, str(err))
+        _fail_run(run, str(err))
         return
     if isinstance(runner, MasterRunner):
         return
     try:
-        STATE.prepare(options, options.loadkit_workload_data, options.loadkit_target)
+        run.prepare(options, plan)
     except Exception as err:  # calibration against an unreachable target, a missing key...
-        STATE.close_client()
-        _fail_run(environment, f"cannot prepare the run: {err}")
+        run.close_client()
+        _fail_run(run, f"cannot prepare the run: {err}")
 
 
-@events.test_stopping.add_listener
-def _test_stopping(**_: Any) -> None:
+def _test_stopping(run: Run) -> None:
     # open-loop schedules end here: starts due after this are not owed
-    STATE.stopping_at = time.perf_counter_ns()
+    run.stopping_at = time.perf_counter_ns()
 
 
-@events.report_to_master.add_listener
-def _report(client_id: str, data: dict[str, Any], **_: Any) -> None:
-    data[WIRE_KEY] = STATE.aggregate.take_wire()
-    data[FINAL_KEY] = STATE.stopped
+def _report(run: Run, data: dict[str, Any]) -> None:
+    data[WIRE_KEY] = run.aggregate.take_wire()
+    data[FINAL_KEY] = run.stopped
 
 
-@events.worker_report.add_listener
-def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
-    STATE.aggregate.merge_wire(data.get(WIRE_KEY) or [])
+def _worker_report(run: Run, client_id: str, data: dict[str, Any]) -> None:
+    run.aggregate.merge_wire(data.get(WIRE_KEY) or [])
     if data.get(FINAL_KEY):
-        STATE.final_reports.add(client_id)
+        run.final_reports.add(client_id)
 
 
 # Locust's master, when a headless run ends, gives its workers 0.5 s to send their last
 # report before it stops listening, and a worker needs longer than that to cut its streams
 # when it runs many users: its last seconds (and its cancelled requests) would be lost. So
 # the master first asks every worker to stop and report, and waits for those reports.
-def _stop_and_report(environment: Any, msg: Any, **_: Any) -> None:
-    runner = environment.runner
+def _stop_and_report(run: Run) -> None:
+    runner = run.environment.runner
     runner.stop()  # cuts the streams (reported as cancelled); test_stop closes the sinks
-    STATE.stopped = True
+    run.stopped = True
     runner._send_stats()  # the report Locust sends on quit, sent now (a private method)
 
 
-def _collect_final_reports(environment: Any) -> None:
-    runner = environment.runner
+def _collect_final_reports(run: Run) -> None:
+    runner = run.environment.runner
     expected = {client.id for client in runner.clients.all}
-    STATE.final_reports.clear()
+    run.final_reports.clear()
     for client_id in expected:
         runner.send_message(STOP_MESSAGE, None, client_id)
     deadline = time.monotonic() + FINAL_REPORT_TIMEOUT_S
-    while not expected <= STATE.final_reports and time.monotonic() < deadline:
+    while not expected <= run.final_reports and time.monotonic() < deadline:
         gevent.sleep(0.05)
-    missing = expected - STATE.final_reports
+    missing = expected - run.final_reports
     if missing:
         log.warning(
             "loadkit: no final report from %s within %.0f s: its last requests are missing",
@@ -242,23 +266,23 @@ def _collect_final_reports(environment: Any) -> None:
         )
 
 
-def _accounting(data: dict[str, Any]) -> None:
-    counters = STATE.emulator_counters
+def _accounting(run: Run, data: dict[str, Any]) -> None:
+    counters = run.emulator_counters
     if counters is None:
         return
     try:
-        data["accounting"] = reconcile_run(STATE.aggregate, counters)
+        data["accounting"] = reconcile_run(run.aggregate, counters)
     except Exception as err:  # the target died or stopped answering: say so, write the rest
         reason = f"{type(err).__name__}: {err}"
         data["accounting"] = {"available": False, "reason": reason, "mismatches": []}
         say(f"accounting: unavailable: {reason}")
 
 
-def _end_checks(environment: Any, data: dict[str, Any]) -> list[str]:
+def _end_checks(run: Run, data: dict[str, Any]) -> list[str]:
     breaches: list[str] = []
-    for check in END_CHECKS:
+    for check in run.end_checks:
         try:
-            breaches.extend(check(environment, data))
+            breaches.extend(check(run, data))
         except Exception as err:
             log.exception("loadkit: an end check failed")
             breaches.append(f"the check {check.__name__} could not run: {type(err).__name__}")
@@ -269,7 +293,7 @@ def _end_checks(environment: Any, data: dict[str, Any]) -> list[str]:
 
 
 def _exit_code(
-    environment: Any, data: dict[str, Any], breaches: list[str] | None, slo_breaches: list[str]
+    run: Run, data: dict[str, Any], breaches: list[str] | None, slo_breaches: list[str]
 ) -> tuple[int | None, str]:
     """The run's exit code and its one-line reason (None: Locust's own decides).
 
@@ -286,9 +310,9 @@ def _exit_code(
         gate = EXIT_BREACH, "requests are unaccounted for (see accounting above)"
     elif slo_breaches:
         gate = capacity.EXIT_SLO, f"{len(slo_breaches)} SLO(s) breached"
-    if STATE.interrupted_by:
-        return gate or (EXIT_SIGNAL[STATE.interrupted_by], f"interrupted by {STATE.interrupted_by}")
-    if STATE.aggregate.total().totals["requests"] and not total["ok"]:
+    if run.interrupted_by:
+        return gate or (EXIT_SIGNAL[run.interrupted_by], f"interrupted by {run.interrupted_by}")
+    if run.aggregate.total().totals["requests"] and not total["ok"]:
         kinds = ", ".join(f"{k} x{v}" for k, v in sorted(total["failures_by_type"].items()))
         return EXIT_NOTHING_COMPLETED, (
             f"no request completed: {total['failures']} failed"
@@ -298,7 +322,7 @@ def _exit_code(
     if gate is not None:
         return gate
     sink = data.get("influxdb")
-    optional = environment.parsed_options.influxdb_optional
+    optional = run.options.influxdb_optional
     if sink is not None and not sink["written"] and not optional:
         why = sink.get("rejection") or f"{sink['dropped']} points dropped"
         return EXIT_SINK, f"the InfluxDB sink delivered nothing ({why}; see --influxdb-optional)"
@@ -307,24 +331,23 @@ def _exit_code(
     return None, ""
 
 
-def _finish(environment: Any) -> None:
+def _finish(run: Run) -> None:
     """Print the summary and write every output once per run, on the local runner or master.
 
     Each output is written even when another could not be: a dead target makes accounting
     unavailable, it does not lose the summary.
     """
-    if STATE.finished or isinstance(environment.runner, WorkerRunner) or not STATE.run_id:
+    environment = run.environment
+    if run.finished or isinstance(environment.runner, WorkerRunner) or not run.run_id:
         return
-    STATE.finished = True
-    STATE.aggregate.ended_at = STATE.aggregate.ended_at or time.time()
-    data = summary_data(
-        STATE.aggregate, STATE.run_id, current_meta(environment), STATE.fallback_settings
-    )
-    if STATE.interrupted_by:
-        data["interrupted_by"] = STATE.interrupted_by
+    run.finished = True
+    run.aggregate.ended_at = run.aggregate.ended_at or time.time()
+    data = summary_data(run.aggregate, run.run_id, current_meta(run), run.fallback_settings)
+    if run.interrupted_by:
+        data["interrupted_by"] = run.interrupted_by
     say("\n" + format_table(data))
-    _accounting(data)
-    sink = influx.summary()
+    _accounting(run, data)
+    sink = influx.summary(run)
     if sink is not None:
         data["influxdb"] = sink
         say(
@@ -332,13 +355,13 @@ def _finish(environment: Any) -> None:
             f"({sink['rejected']} refused by the server), {sink['failed_writes']} failed "
             "writes retried" + (f"; last refusal: {sink['rejection']}" if sink["rejection"] else "")
         )
-    breaches = _end_checks(environment, data) if END_CHECKS else None
+    breaches = _end_checks(run, data) if run.end_checks else None
     try:
-        slo_breaches = capacity.finish(environment, STATE.aggregate, data)
+        slo_breaches = capacity.finish(run, data)
     except Exception as err:
         log.exception("loadkit: the SLO verdicts, JUnit or report could not be written")
         slo_breaches = [f"the SLO verdicts could not be written: {type(err).__name__}"]
-    code, reason = _exit_code(environment, data, breaches, slo_breaches)
+    code, reason = _exit_code(run, data, breaches, slo_breaches)
     if code is not None and environment.process_exit_code in (None, 0):
         environment.process_exit_code = code
         data["exit_code"] = code
@@ -346,7 +369,7 @@ def _finish(environment: Any) -> None:
             data["exit_reason"] = reason
             say(f"loadkit: exit code {code}: {reason}")
     say("")
-    path = environment.parsed_options.summary_json
+    path = run.options.summary_json
     if path:
         problem = write_summary(data, path)
         if problem:
@@ -354,52 +377,58 @@ def _finish(environment: Any) -> None:
         say(f"loadkit: summary written to {path}")
 
 
-@events.test_stop.add_listener
-def _test_stop(environment: Any, **_: Any) -> None:
-    runner = environment.runner
+def _test_stop(run: Run) -> None:
+    runner = run.environment.runner
     if isinstance(runner, WorkerRunner):
         return
-    STATE.aggregate.ended_at = time.time()
+    run.aggregate.ended_at = time.time()
     if isinstance(runner, MasterRunner):
-        _collect_final_reports(environment)
-    if not environment.parsed_options.headless:
-        _finish(environment)  # headless: at quitting, once the runner is done
+        _collect_final_reports(run)
+    if not run.options.headless:
+        _finish(run)  # headless: at quitting, once the runner is done
 
 
-def _record_sigterm() -> None:
-    STATE.interrupted_by = "SIGTERM"
+def _record_sigterm(run: Run) -> None:
+    run.interrupted_by = "SIGTERM"
 
 
-def _on_sigint() -> None:
-    STATE.interrupted_by = STATE.interrupted_by or "SIGINT"
+def _on_sigint(run: Run) -> None:
+    run.interrupted_by = run.interrupted_by or "SIGINT"
     gevent.get_hub().parent.throw(KeyboardInterrupt)
 
 
-@events.quitting.add_listener
-def _quitting(environment: Any, **_: Any) -> None:
-    runner = environment.runner
+def _quitting(run: Run) -> None:
+    runner = run.environment.runner
     gevent.sleep(0)  # let a signal's recorder run (Locust's handler may have run first)
     running = runner is not None and runner.state not in (STATE_INIT, STATE_STOPPED, STATE_STOPPING)
-    if running and not STATE.refused:
+    if running and not run.refused:
         # Interrupted (Ctrl-C, SIGTERM) while running: Locust quits after this listener, so
         # stop sending now, honouring --stop-timeout, and build the outputs after that. (Only
         # signals quit a running run: -t, the cost guard and a failed start stop it first.)
-        STATE.interrupted_by = STATE.interrupted_by or "SIGINT"
-        say(f"loadkit: {STATE.interrupted_by}: stopping the run before writing its results")
+        run.interrupted_by = run.interrupted_by or "SIGINT"
+        say(f"loadkit: {run.interrupted_by}: stopping the run before writing its results")
         if isinstance(runner, WorkerRunner):
-            _stop_and_report(environment, None)  # its last requests reach the master
+            _stop_and_report(run)  # its last requests reach the master
         else:
             runner.stop()
-    STATE.close_client()
+    run.close_client()
     if isinstance(runner, WorkerRunner):
         return
-    _finish(environment)
-    STATE.stop_emulator()
-    if environment.parsed_options and environment.parsed_options.csv_prefix:
+    _finish(run)
+    run.stop_emulator()
+    if run.options and run.options.csv_prefix:
         # Locust's CSV writer refreshes its files every interval and does not write a last
         # time when it closes: let it run once more so the CSV holds every request.
         gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.1)
 
 
-influx.install()
-capacity.install()
+def install(events: Any, run: Run) -> None:
+    """The run's own listeners: its start, worker reports, its end and outputs."""
+    events.test_start.add_listener(lambda **_: _test_start(run))
+    events.test_stopping.add_listener(lambda **_: _test_stopping(run))
+    events.report_to_master.add_listener(lambda client_id, data, **_: _report(run, data))
+    events.worker_report.add_listener(
+        lambda client_id, data, **_: _worker_report(run, client_id, data)
+    )
+    events.test_stop.add_listener(lambda **_: _test_stop(run))
+    events.quitting.add_listener(lambda **_: _quitting(run))

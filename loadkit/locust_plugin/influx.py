@@ -12,27 +12,16 @@ import os
 import socket
 from typing import Any
 
-from locust import events
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadkit.locust_plugin.reporting import result_event
-from loadkit.locust_plugin.state import STATE
+from loadkit.locust_plugin.run import Run
 from loadkit.record import ResultRecord
 from loadkit.redact import redact_url
 from loadkit.sinks.influxdb import InfluxSink, LineFormatter, SinkSettings
 
 log = logging.getLogger("loadkit")
 WIRE_KEY = "loadkit_influxdb"
-
-
-class _Sinks:
-    def __init__(self) -> None:
-        self.sink: InfluxSink | None = None
-        self.announced = False
-        self.totals: dict[str, dict[str, Any]] = {}  # master: the last stats of each process
-
-
-SINKS = _Sinks()
 
 
 def add_options(parser: Any) -> None:
@@ -71,11 +60,13 @@ def _worker_name(runner: Any) -> str:
     return f"{socket.gethostname()}-{role}"
 
 
-def _open(environment: Any) -> None:
+def _open(run: Run) -> None:
+    environment = run.environment
+    sinks = run.sinks
     options = environment.parsed_options
     url = options.influxdb_url
-    if not SINKS.announced:
-        SINKS.announced = True
+    if not sinks.announced:
+        sinks.announced = True
         if url:
             log.info(
                 "loadkit: InfluxDB sink on: %s, bucket %s", redact_url(url), options.influxdb_bucket
@@ -94,76 +85,90 @@ def _open(environment: Any) -> None:
         bucket=options.influxdb_bucket,
         line_file=line_file,
     )
-    SINKS.sink = InfluxSink(settings, LineFormatter(STATE.run_id, _worker_name(environment.runner)))
+    sinks.sink = InfluxSink(settings, LineFormatter(run.run_id, _worker_name(environment.runner)))
 
 
-def _close() -> dict[str, Any] | None:
-    sink, SINKS.sink = SINKS.sink, None
+def _close(run: Run) -> dict[str, Any] | None:
+    sink, run.sinks.sink = run.sinks.sink, None
     return sink.close().as_dict() if sink is not None else None
 
 
-def _run_event(environment: Any, event: str) -> None:
-    sink = SINKS.sink
-    if sink is not None and not isinstance(environment.runner, WorkerRunner):
-        sink.add(sink.formatter.run_event_line(event, environment.runner.user_count))
+def _run_event(run: Run, event: str) -> None:
+    sink = run.sinks.sink
+    runner = run.environment.runner
+    if sink is not None and not isinstance(runner, WorkerRunner):
+        sink.add(sink.formatter.run_event_line(event, runner.user_count))
 
 
-def _on_result(record: ResultRecord, **_: Any) -> None:
-    sink = SINKS.sink
+def _on_result(run: Run, record: ResultRecord) -> None:
+    sink = run.sinks.sink
     if sink is not None:
         sink.add(record)
 
 
-def _test_start(environment: Any, **_: Any) -> None:
-    _close()
-    SINKS.totals = {}
-    _open(environment)
-    _run_event(environment, "start")
+def _test_start(run: Run) -> None:
+    _close(run)
+    run.sinks.totals = {}
+    _open(run)
+    _run_event(run, "start")
 
 
-def _spawning_complete(user_count: int, **_: Any) -> None:
-    sink = SINKS.sink
+def _spawning_complete(run: Run, user_count: int) -> None:
+    sink = run.sinks.sink
     if sink is not None:
         sink.add(sink.formatter.run_event_line("users", user_count))
 
 
-def _test_stop(environment: Any, **_: Any) -> None:
-    _run_event(environment, "stop")
-    stats = _close()
+def _test_stop(run: Run) -> None:
+    _run_event(run, "stop")
+    stats = _close(run)
     if stats is not None:
-        SINKS.totals["self"] = stats
+        run.sinks.totals["self"] = stats
 
 
-def _report(client_id: str, data: dict[str, Any], **_: Any) -> None:
-    if "self" in SINKS.totals:
-        data[WIRE_KEY] = SINKS.totals["self"]
-    elif SINKS.sink is not None:
-        data[WIRE_KEY] = SINKS.sink.stats.as_dict()
+def _report(run: Run, data: dict[str, Any]) -> None:
+    sinks = run.sinks
+    if "self" in sinks.totals:
+        data[WIRE_KEY] = sinks.totals["self"]
+    elif sinks.sink is not None:
+        data[WIRE_KEY] = sinks.sink.stats.as_dict()
 
 
-def _worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+def _worker_report(run: Run, client_id: str, data: dict[str, Any]) -> None:
     stats = data.get(WIRE_KEY)
     if stats is not None:
-        SINKS.totals[client_id] = stats
+        run.sinks.totals[client_id] = stats
 
 
-def summary() -> dict[str, Any] | None:
+def summary(run: Run) -> dict[str, Any] | None:
     """Points written and dropped over all processes, or None when the sink is off."""
-    if not SINKS.totals and SINKS.sink is None:
+    sinks = run.sinks
+    if not sinks.totals and sinks.sink is None:
         return None
-    parts = list(SINKS.totals.values())
-    if SINKS.sink is not None:
-        parts.append(SINKS.sink.stats.as_dict())
+    parts = list(sinks.totals.values())
+    if sinks.sink is not None:
+        parts.append(sinks.sink.stats.as_dict())
     keys = ("written", "dropped", "failed_writes", "rejected")
     totals: dict[str, Any] = {key: sum(part.get(key, 0) for part in parts) for key in keys}
     totals["rejection"] = next((p["rejection"] for p in parts if p.get("rejection")), "")
     return totals
 
 
-def install() -> None:
-    events.test_start.add_listener(_test_start)
-    events.spawning_complete.add_listener(_spawning_complete)
-    events.test_stop.add_listener(_test_stop)
-    events.report_to_master.add_listener(_report)
-    events.worker_report.add_listener(_worker_report)
-    result_event.add_listener(_on_result)
+def install(events: Any, run: Run) -> None:
+    """The sink's listeners for ``run``: opened at each start, closed at its stop."""
+    events.test_start.add_listener(lambda **_: _test_start(run))
+    events.spawning_complete.add_listener(
+        lambda user_count, **_: _spawning_complete(run, user_count)
+    )
+    events.test_stop.add_listener(lambda **_: _test_stop(run))
+    events.report_to_master.add_listener(lambda client_id, data, **_: _report(run, data))
+    events.worker_report.add_listener(
+        lambda client_id, data, **_: _worker_report(run, client_id, data)
+    )
+    installed = run
+
+    def on_result(record: ResultRecord, run: Run, **_: Any) -> None:
+        if run is installed:  # (one process can hold several environments)
+            _on_result(run, record)
+
+    result_event.add_listener(on_result)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import loadkit
+from loadkit.locust_plugin.run import Run
 from loadkit.redact import redact_url
 from loadkit.results import RunMeta, Versions
 
@@ -54,20 +55,19 @@ def _arrival(options: Any) -> str:
     return "closed loop"
 
 
-def current_meta(environment: Any) -> RunMeta:
-    """The metadata of the run in ``STATE`` (on the local runner or the master)."""
-    from loadkit.locust_plugin.state import STATE
-
+def current_meta(run: Run) -> RunMeta:
+    """The metadata of ``run`` (on the local runner or the master)."""
     processes = 1
-    workers = getattr(environment.runner, "worker_count", None)  # a master
+    workers = getattr(run.environment.runner, "worker_count", None)  # a master
     if workers is not None:
-        processes = max(1, len(STATE.final_reports), workers)
-    return run_meta(environment, STATE.aggregate.started_at, processes)
+        processes = max(1, len(run.final_reports), workers)
+    return run_meta(run, processes)
 
 
-def run_meta(environment: Any, started_at: float, processes: int) -> RunMeta:
-    options = environment.parsed_options
-    workload = getattr(options, "loadkit_workload_data", None) or {}
+def run_meta(run: Run, processes: int) -> RunMeta:
+    options = run.options
+    plan = run.plan
+    workload = plan.workload if plan is not None else {}
     canonical = json.dumps(workload, sort_keys=True, separators=(",", ":"))
     run_time = getattr(options, "run_time", None)
     if isinstance(run_time, str):  # as typed in the web UI's form
@@ -75,10 +75,12 @@ def run_meta(environment: Any, started_at: float, processes: int) -> RunMeta:
 
         run_time = parse_timespan(run_time) if run_time.strip() else None
     return RunMeta(
-        started_at=datetime.fromtimestamp(started_at, UTC).isoformat(timespec="seconds"),
+        started_at=datetime.fromtimestamp(run.aggregate.started_at, UTC).isoformat(
+            timespec="seconds"
+        ),
         workload=str(workload.get("name", "")),
         workload_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
-        target=redact_url(getattr(options, "loadkit_target", "") or ""),
+        target=redact_url(plan.target if plan is not None else ""),
         users=options.num_users,
         spawn_rate=options.spawn_rate,
         run_time_s=float(run_time) if run_time else None,

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from locust.event import EventHook
 
 from loadkit.fallback_checks import record_violations
 from loadkit.locust_plugin import capacity
-from loadkit.locust_plugin.state import STATE
+from loadkit.locust_plugin.run import Run
 from loadkit.record import Outcome, ResultRecord
 
-#: Fired with ``record=`` and ``environment=`` for every finished request (sinks listen here).
+#: Fired with ``record=`` and ``run=`` for every finished request (sinks listen here).
 result_event = EventHook()
 
 
@@ -23,13 +21,14 @@ def failure_message(record: ResultRecord) -> str:
     return f"{record.outcome.value}: {record.error_type}"
 
 
-def report(environment: Any, record: ResultRecord) -> None:
+def report(run: Run, record: ResultRecord) -> None:
     """One Locust entry per request that ended, named ``<model> <speed>`` (the speed asked
     for): response time = E2E, response length = output tokens (Locust's LLM convention).
 
     A request cut by the end of the run is not in Locust's statistics: it did not fail, and
     its partial time is no response time. loadkit's own views count it as cancelled.
     """
+    environment = run.environment
     if record.outcome is not Outcome.CANCELLED:
         e2e = record.e2e_ms
         environment.events.request.fire(
@@ -40,7 +39,13 @@ def report(environment: Any, record: ResultRecord) -> None:
             exception=None if record.ok else RequestFailed(failure_message(record)),
             context={"request_id": record.request_id},
         )
-    policy = STATE.policy
+    policy = run.policy
     violations = record_violations(record, policy.settings) if policy is not None else None
-    STATE.aggregate.add(record, violations, capacity.slices_for(record), capacity.is_good(record))
-    result_event.fire(record=record, environment=environment)
+    settings = run.capacity
+    run.aggregate.add(
+        record,
+        violations,
+        capacity.slices_for(settings, record),
+        capacity.is_good(settings, record),
+    )
+    result_event.fire(record=record, run=run)

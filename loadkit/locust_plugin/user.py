@@ -18,7 +18,7 @@ from loadkit.arrivals import ArrivalSchedule
 from loadkit.client import RequestCancelled, RequestSpec
 from loadkit.locust_plugin import capacity
 from loadkit.locust_plugin.reporting import report
-from loadkit.locust_plugin.state import STATE
+from loadkit.locust_plugin.run import Run, run_of
 
 
 class LLMUser(User):
@@ -27,43 +27,50 @@ class LLMUser(User):
     abstract = True
     wait_time = constant(0)
 
+    @property
+    def loadkit_run(self) -> Run:
+        return run_of(self.environment)
+
     @task
     def next_request(self) -> None:
-        if STATE.policy is None:  # the run could not be prepared; the error was logged
+        run = self.loadkit_run
+        if run.policy is None:  # the run could not be prepared; the error was logged
             gevent.sleep(1.0)
             return
-        if not capacity.open_loop_active():
-            self.send(STATE.next_spec())
+        if not capacity.open_loop_active(run.capacity):
+            self.send(run.next_spec())
             return
-        if STATE.stopping_at:  # a schedule ended by the run's end is not started again
+        if run.stopping_at:  # a schedule ended by the run's end is not started again
             gevent.sleep(1.0)
             return
-        schedule = capacity.open_loop_schedule(random.Random())
+        schedule = capacity.open_loop_schedule(run.capacity, random.Random())
         if schedule is not None:
             self.open_loop(schedule)
 
     def send(self, spec: RequestSpec) -> None:
-        policy = STATE.policy
+        run = self.loadkit_run
+        policy = run.policy
         assert policy is not None
-        estimate = capacity.reserve(spec, STATE.cached_prefix_tokens)
+        estimate = capacity.reserve(run.capacity, spec, run.cached_prefix_tokens)
         if estimate is None:  # the cost guard: this request could pass the cap
-            capacity.stop_for_budget(self.environment)
+            capacity.stop_for_budget(run)
             gevent.sleep(1.0)
             return
         try:
             record = policy.send(spec)
         except RequestCancelled as cancelled:
-            capacity.settle(estimate, cancelled.record)
-            report(self.environment, cancelled.record)
+            capacity.settle(run.capacity, estimate, cancelled.record)
+            report(run, cancelled.record)
             raise cancelled.__cause__ or cancelled from None
-        capacity.settle(estimate, record)
-        report(self.environment, record)
+        capacity.settle(run.capacity, estimate, record)
+        report(run, record)
 
     def open_loop(self, schedule: ArrivalSchedule) -> None:
-        settings = capacity.SETTINGS
+        run = self.loadkit_run
+        settings = run.capacity
         assert settings is not None
         pool = Pool(settings.in_flight_per_user)
-        counts = STATE.aggregate
+        counts = run.aggregate
         due: int | None = None  # the next start, taken from the schedule and not yet made
         try:
             while True:
@@ -71,26 +78,26 @@ class LLMUser(User):
                 delay = (due - time.perf_counter_ns()) / 1e9
                 if delay > 0:
                     gevent.sleep(delay)
-                if STATE.stopping_at:  # the run is ending: no more starts are owed
+                if run.stopping_at:  # the run is ending: no more starts are owed
                     break
                 if pool.full():
                     counts.schedule["cap_waits"] += 1
                     pool.wait_available()
                 late_ms = (time.perf_counter_ns() - due) / 1e6
-                counts = STATE.aggregate  # a worker's report swaps it for a new one
+                counts = run.aggregate  # a worker's report swaps it for a new one
                 counts.schedule["scheduled"] += 1
                 if late_ms > capacity.LATE_START_MS:
                     counts.schedule["late"] += 1
                 counts.start_lateness.add(max(late_ms, 1e-3))
-                spec = STATE.next_spec()
+                spec = run.next_spec()
                 spec.t_intended = due
                 pool.spawn(self.send, spec)
                 due = None
             pool.join()  # in flight: finished, unless the user is killed first (then cancelled)
         finally:
             # Starts whose time came while waiting for the cap, never made: counted, not lost.
-            now = STATE.stopping_at or time.perf_counter_ns()
+            now = run.stopping_at or time.perf_counter_ns()
             while due is not None and due <= now:
-                STATE.aggregate.schedule["not_started"] += 1
+                run.aggregate.schedule["not_started"] += 1
                 due = schedule.next_start()
             pool.kill(block=True)  # their streams end as cancelled, each one reported

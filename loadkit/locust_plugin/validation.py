@@ -26,9 +26,8 @@ from locust import events
 from locust.runners import WorkerRunner
 
 from loadkit.accounting import emulator_counts
-from loadkit.locust_plugin import hooks
 from loadkit.locust_plugin.console import say
-from loadkit.locust_plugin.state import STATE
+from loadkit.locust_plugin.run import Recovery, Run, run_of
 
 log = logging.getLogger("loadkit")
 RECOVERED_LIMIT_PER_MINUTE = 1e12
@@ -37,18 +36,6 @@ RECOVERY_JOIN_S = 15.0
 CONTROL_TOKEN_ENV = "LOADKIT_EMULATOR_CONTROL_TOKEN"
 SCENARIO_WORKLOAD = "workloads/fast-fallback.yaml"
 SCENARIO_EMULATOR_CONFIG = "workloads/emulator/fast-fallback.yaml"
-
-
-class _Recovery:
-    def __init__(self) -> None:
-        self.greenlet: gevent.Greenlet | None = None
-        self.baseline: dict[str, Any] | None = None  # emulator stats after the grace period
-        self.recovered_at: float | None = None
-        self.error = ""  # why the recovery could not be driven
-        self.started_at = 0.0  # time.time() at the run's start
-
-
-RECOVERY = _Recovery()
 
 
 def _add_options(parser: Any, **_: Any) -> None:
@@ -71,7 +58,7 @@ def _stats(target: str) -> dict[str, Any]:
     return stats
 
 
-def _drive_recovery(target: str, recover_at: float, grace: float) -> None:
+def _drive_recovery(recovery: Recovery, target: str, recover_at: float, grace: float) -> None:
     gevent.sleep(recover_at)
     patch = {
         "fast_mode": {
@@ -85,28 +72,29 @@ def _drive_recovery(target: str, recover_at: float, grace: float) -> None:
         httpx2.post(
             f"{target}/_emulator/config", json=patch, headers=headers, timeout=10
         ).raise_for_status()
-        RECOVERY.recovered_at = time.time()
+        recovery.recovered_at = time.time()
         log.info("loadkit: fast-mode limit lifted at %.1f s", recover_at)
         gevent.sleep(grace)
-        RECOVERY.baseline = _stats(target)
+        recovery.baseline = _stats(target)
     except (httpx2.HTTPError, ValueError) as err:
-        RECOVERY.error = f"{type(err).__name__}: {err}"
-        log.error("loadkit: the fast-mode limit could not be lifted: %s", RECOVERY.error)
+        recovery.error = f"{type(err).__name__}: {err}"
+        log.error("loadkit: the fast-mode limit could not be lifted: %s", recovery.error)
 
 
-def _test_start(environment: Any, **_: Any) -> None:
-    if isinstance(environment.runner, WorkerRunner):
+def _test_start(run: Run) -> None:
+    if isinstance(run.environment.runner, WorkerRunner):
         return
-    if RECOVERY.greenlet is not None:
-        RECOVERY.greenlet.kill(block=False)
-    RECOVERY.baseline = RECOVERY.recovered_at = None
-    RECOVERY.error = ""
-    RECOVERY.started_at = time.time()
-    options = environment.parsed_options
-    target = getattr(options, "loadkit_target", "")
-    if options.recover_at > 0 and target and STATE.emulator_counters is not None:
-        RECOVERY.greenlet = gevent.spawn(
-            _drive_recovery, target, options.recover_at, options.storm_grace
+    recovery = run.recovery
+    if recovery.greenlet is not None:
+        recovery.greenlet.kill(block=False)
+    recovery.baseline = recovery.recovered_at = None
+    recovery.error = ""
+    recovery.started_at = time.time()
+    options = run.options
+    target = run.plan.target if run.plan is not None else ""
+    if options.recover_at > 0 and target and run.emulator_counters is not None:
+        recovery.greenlet = gevent.spawn(
+            _drive_recovery, recovery, target, options.recover_at, options.storm_grace
         )
 
 
@@ -118,7 +106,7 @@ def _fast_429s(counts: Any) -> int:
     )
 
 
-def check(environment: Any, data: dict[str, Any]) -> list[str]:
+def check(run: Run, data: dict[str, Any]) -> list[str]:
     """Run the end checks; print one PASS/FAIL line per check with its measured value."""
     results: list[tuple[str, bool, str]] = []  # (check, passed, what was measured)
     total = data["total"]
@@ -165,22 +153,23 @@ def check(environment: Any, data: dict[str, Any]) -> list[str]:
             f"{amplification} attempts per request, bound {policy['amplification_bound']}",
         )
     )
-    target = getattr(environment.parsed_options, "loadkit_target", "")
-    if environment.parsed_options.recover_at > 0:
-        if RECOVERY.greenlet is not None and RECOVERY.baseline is None and not RECOVERY.error:
-            RECOVERY.greenlet.join(timeout=RECOVERY_JOIN_S)  # its last request may be slow
-        if RECOVERY.baseline is None:
+    target = run.plan.target if run.plan is not None else ""
+    recovery = run.recovery
+    if run.options.recover_at > 0:
+        if recovery.greenlet is not None and recovery.baseline is None and not recovery.error:
+            recovery.greenlet.join(timeout=RECOVERY_JOIN_S)  # its last request may be slow
+        if recovery.baseline is None:
             lifted = (
-                f"the limit was lifted {RECOVERY.recovered_at - RECOVERY.started_at:.1f} s in"
-                if RECOVERY.recovered_at is not None
+                f"the limit was lifted {recovery.recovered_at - recovery.started_at:.1f} s in"
+                if recovery.recovered_at is not None
                 else "the limit was never lifted"
             )
-            why = RECOVERY.error or (
+            why = recovery.error or (
                 f"the run ended before the recovery and its grace period ({lifted})"
             )
             results.append(("no retry storm", False, why))
         else:
-            after = emulator_counts(_stats(target)) - emulator_counts(RECOVERY.baseline)
+            after = emulator_counts(_stats(target)) - emulator_counts(recovery.baseline)
             storm = _fast_429s(after)
             received = sum(n for (_, _, counter), n in after.items() if counter == "received")
             results.append(
@@ -217,5 +206,12 @@ def enable() -> None:
     """Turn a locustfile into the fast-mode fallback validation scenario."""
     events.init_command_line_parser.add_listener(_add_options)
     events.init_command_line_parser.add_listener(_scenario_defaults)
-    events.test_start.add_listener(_test_start)
-    hooks.END_CHECKS.append(check)
+    events.init.add_listener(_install)
+
+
+def _install(environment: Any, **_: Any) -> None:
+    # (after the run's own listeners: loadkit's init listener was added when LLMUser was
+    # imported, before the locustfile called enable())
+    run = run_of(environment)
+    environment.events.test_start.add_listener(lambda **_: _test_start(run))
+    run.end_checks.append(check)

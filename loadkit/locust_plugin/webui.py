@@ -14,7 +14,7 @@ from loadkit.emulator.config import ConfigError, load_config
 from loadkit.locust_plugin.capacity import check_spending_cap
 from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import request_timeout
-from loadkit.locust_plugin.state import STATE, load_workload_option, resolve_path
+from loadkit.locust_plugin.run import Run, load_workload_option, resolve_path
 from loadkit.locust_plugin.targets import TargetPolicy, TargetRefused
 from loadkit.slo import SLOError, parse_slos
 from loadkit.summary import finite, summary_data, table_rows
@@ -52,9 +52,9 @@ def _num(value: float | None, digits: int = 1) -> float | str:
     return "" if value is None else round(value, digits)
 
 
-def rows() -> list[dict[str, Any]]:
+def rows(run: Run) -> list[dict[str, Any]]:
     """The summary table's rows (``table_rows``), as plain numbers."""
-    data = summary_data(STATE.aggregate, STATE.run_id, None, STATE.fallback_settings)
+    data = summary_data(run.aggregate, run.run_id, None, run.fallback_settings)
     groups = {(g["model"], g["speed"]): g for g in data["groups"]}
     groups[("all", "")] = data["total"]
     out = []
@@ -91,9 +91,9 @@ def rows() -> list[dict[str, Any]]:
     return out
 
 
-def preflight(environment: Any, form: Any) -> str | None:
+def preflight(run: Run, form: Any) -> str | None:
     """Why the run the start form asks for cannot start (None: it can)."""
-    options = environment.parsed_options
+    options = run.options
 
     def field(name: str) -> str:
         value = form.get(name)
@@ -113,8 +113,9 @@ def preflight(environment: Any, form: Any) -> str | None:
             or str(form.get("host") or "")
             or os.environ.get("ANTHROPIC_BASE_URL", "")
         )
-        if target and target.rstrip("/") != getattr(options, "loadkit_embedded_url", ""):
-            policy = STATE.targets or TargetPolicy(frozenset())
+        embedded = run.emulator.base_url if run.emulator is not None else ""
+        if target and target.rstrip("/") != embedded:
+            policy = run.targets or TargetPolicy(frozenset())
             if policy.key_for(target) == "real":  # raises TargetRefused
                 cap = field("max_cost_usd") or "0"
                 try:
@@ -127,7 +128,7 @@ def preflight(environment: Any, form: Any) -> str | None:
     return None
 
 
-def install(web_ui: Any) -> None:
+def install(web_ui: Any, run: Run) -> None:
     from flask import Response, jsonify, request
 
     web_ui.template_args["extended_tabs"] = [{"title": "LLM", "key": TAB}]
@@ -142,7 +143,7 @@ def install(web_ui: Any) -> None:
     def add_llm_rows(response: Any) -> Any:
         if request.path.endswith("/stats/requests") and response.is_json:
             payload = response.get_json()
-            payload["extended_stats"] = [{"key": TAB, "data": finite(rows())}]
+            payload["extended_stats"] = [{"key": TAB, "data": finite(rows(run))}]
             response.set_data(json.dumps(payload))
         return response
 
@@ -178,7 +179,7 @@ def install(web_ui: Any) -> None:
 
             if not current_user.is_authenticated:
                 return None  # Locust's login refuses it
-        reason = preflight(web_ui.environment, request.form)
+        reason = preflight(run, request.form)
         if reason is None:
             return None
         return jsonify({"success": False, "message": f"loadkit: {reason}", "host": ""})
@@ -189,7 +190,7 @@ def install(web_ui: Any) -> None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=[key for key, _ in COLUMNS])
         writer.writeheader()
-        writer.writerows(rows())
+        writer.writerows(rows(run))
         return Response(buffer.getvalue(), mimetype="text/csv")
 
     @web_ui.app.route("/loadkit/summary.json")
@@ -199,10 +200,7 @@ def install(web_ui: Any) -> None:
             json.dumps(
                 finite(
                     summary_data(
-                        STATE.aggregate,
-                        STATE.run_id,
-                        current_meta(web_ui.environment),
-                        STATE.fallback_settings,
+                        run.aggregate, run.run_id, current_meta(run), run.fallback_settings
                     )
                 ),
                 allow_nan=False,

@@ -1,4 +1,7 @@
-"""Per-process state of a loadkit run, shared by the users and the event hooks."""
+"""One ``Run`` per Locust ``Environment``: what this process knows of the current run, shared
+by the users and every feature's event listeners (``run_of(environment)``), and the
+``RunPlan`` the master (or local runner) sends its workers with each start.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,10 @@ import logging
 import os
 import random
 import secrets
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import loadkit
 from loadkit.accounting import EmulatorCounters
@@ -20,8 +24,13 @@ from loadkit.locust_plugin.targets import TargetPolicy
 from loadkit.prompts import PromptFactory
 from loadkit.workload import Sampler, Workload, WorkloadError, load_workload, parse_workload
 
+if TYPE_CHECKING:
+    from loadkit.locust_plugin.capacity import Settings
+    from loadkit.sinks.influxdb import InfluxSink
+
 log = logging.getLogger("loadkit")
 EMULATOR_KEY = "loadkit-emulator-key"
+PLAN_KEY = "loadkit_plan"  # the one parsed_options attribute the master sends its workers
 
 
 def resolve_path(path: str) -> Path:
@@ -45,10 +54,69 @@ def fallback_settings(workload: Workload, options: Any) -> FallbackSettings:
     return workload.fallback
 
 
-@dataclass
-class RunState:
-    """What one process knows of the current run."""
+@dataclass(frozen=True)
+class RunPlan:
+    """What every process of a run needs from the master (or local runner), decided once at
+    each start: sent to the workers under one key of ``parsed_options``."""
 
+    run_id: str
+    target: str
+    key_kind: Literal["emulator", "real"]  # which key the target gets (targets.py)
+    embedded_url: str  # the embedded emulator's URL ("" when the target was given)
+    workload: dict[str, Any]  # the workload as validated on the master
+    workload_slos: tuple[str, ...]
+    run_start: float  # time.time() of the start
+    sweep_start: float
+    cost_cap_per_process: float  # 0: no cap
+    users_total: int
+
+    def to_options(self, options: Any) -> None:
+        setattr(options, PLAN_KEY, asdict(self))
+
+    @classmethod
+    def from_options(cls, options: Any) -> RunPlan | None:
+        """The plan the master sent, or None when it sent none (its start was refused)."""
+        data = getattr(options, PLAN_KEY, None)
+        if not data:
+            return None
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise ValueError(
+                f"the master sent a run plan this worker cannot read (fields {sorted(data)}, "
+                f"expected {sorted(names)}): are master and workers the same loadkit version?"
+            )
+        return cls(**{**data, "workload_slos": tuple(data["workload_slos"])})
+
+
+@dataclass
+class Sinks:
+    """The InfluxDB sink of this process, and the master's view of every process's."""
+
+    sink: InfluxSink | None = None
+    announced: bool = False
+    totals: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Recovery:
+    """The fallback scenario's mid-run lifting of the fast-mode limit."""
+
+    greenlet: Any = None  # gevent.Greenlet
+    baseline: dict[str, Any] | None = None  # emulator stats after the grace period
+    recovered_at: float | None = None
+    error: str = ""  # why the recovery could not be driven
+    started_at: float = 0.0  # time.time() at the run's start
+
+
+EndCheck = Callable[["Run", dict[str, Any]], list[str]]
+
+
+@dataclass
+class Run:
+    """What one process knows of the current run (one per Locust ``Environment``)."""
+
+    environment: Any = None  # Locust's
+    plan: RunPlan | None = None  # this start's (None before one, or when it was refused)
     run_id: str = ""
     workload: Workload | None = None
     client: StreamingClient | None = None
@@ -61,7 +129,6 @@ class RunState:
     emulator: EmulatorProcess | None = None
     emulator_counters: EmulatorCounters | None = None
     finished: bool = False
-    environment: Any = None  # Locust's, set at init
     stopped: bool = False  # worker: its users were stopped (its next report is its last)
     stopping_at: int = 0  # perf_counter_ns when the run began to stop (0: it has not)
     final_reports: set[str] = field(default_factory=set)  # master: workers that sent theirs
@@ -70,12 +137,23 @@ class RunState:
     refused: bool = False  # this run could not start (its reason was given)
     refused_at_init: bool = False  # headless: the options were refused before any start
     targets: TargetPolicy | None = None  # master/local: the targets chosen at start
+    capacity: Settings | None = None  # open loop, sweep, SLOs, cost guard (capacity.py)
+    budget_stopping: bool = False  # the cost guard has stopped the run
+    sinks: Sinks = field(default_factory=Sinks)
+    recovery: Recovery = field(default_factory=Recovery)
+    #: Scenario checks run at the end on the master: (run, summary data) -> breaches.
+    end_checks: list[EndCheck] = field(default_factory=list)
 
-    def prepare(self, options: Any, workload_data: dict[str, Any], target: str) -> None:
+    @property
+    def options(self) -> Any:
+        return self.environment.parsed_options
+
+    def prepare(self, options: Any, plan: RunPlan) -> None:
         """Build the client, sampler and prompt factory for a run (on every process)."""
         self.close_client()
-        workload = parse_workload(workload_data, getattr(options, "workload", "workload"))
-        if getattr(options, "loadkit_key_kind", "real") == "emulator":
+        workload = parse_workload(plan.workload, getattr(options, "workload", "workload"))
+        target = plan.target
+        if plan.key_kind == "emulator":
             api_key = EMULATOR_KEY  # a loadkit emulator: never the real key
         else:
             api_key = os.environ.get("ANTHROPIC_API_KEY") or ""
@@ -143,4 +221,10 @@ class RunState:
             self.emulator = None
 
 
-STATE = RunState()
+def run_of(environment: Any) -> Run:
+    """The run of a Locust ``Environment`` (made on first use)."""
+    run: Run | None = getattr(environment, "loadkit_run", None)
+    if run is None:
+        run = Run(environment=environment)
+        environment.loadkit_run = run
+    return run
