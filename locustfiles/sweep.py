@@ -7,7 +7,7 @@ break, then print the capacity per model x speed.
 """
 
 from loadkit.locust_plugin import LLMUser
-from loadkit.locust_plugin.capacity import SweepShape
+from loadkit.locust_plugin.sweepshape import SweepShape
 
 
 class SweepUser(LLMUser):

@@ -26,7 +26,7 @@ from loadkit.accounting import EmulatorCounters, reconcile_run
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.gctune import tune_gc
-from loadkit.locust_plugin import capacity, influx, targets, webui
+from loadkit.locust_plugin import capacity, costguard, gates, influx, targets, webui
 from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import add_options, check_options
@@ -91,7 +91,7 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
     run.interrupted_by = ""
     install(environment.events, run)
     influx.install(environment.events, run)
-    capacity.install(environment.events, run)
+    costguard.install(environment.events, run)
     # SIGTERM is told apart from Ctrl-C by this; Locust's own handler quits the run.
     gevent.signal_handler(signal.SIGTERM, _record_sigterm, run)
     # Ctrl-C: Python raises KeyboardInterrupt in whichever greenlet happens to run, which can
@@ -309,7 +309,7 @@ def _exit_code(
     elif data.get("accounting", {}).get("mismatches"):
         gate = EXIT_BREACH, "requests are unaccounted for (see accounting above)"
     elif slo_breaches:
-        gate = capacity.EXIT_SLO, f"{len(slo_breaches)} SLO(s) breached"
+        gate = gates.EXIT_SLO, f"{len(slo_breaches)} SLO(s) breached"
     if run.interrupted_by:
         return gate or (EXIT_SIGNAL[run.interrupted_by], f"interrupted by {run.interrupted_by}")
     if run.aggregate.total().totals["requests"] and not total["ok"]:
@@ -357,7 +357,7 @@ def _finish(run: Run) -> None:
         )
     breaches = _end_checks(run, data) if run.end_checks else None
     try:
-        slo_breaches = capacity.finish(run, data)
+        slo_breaches = gates.finish(run, data)
     except Exception as err:
         log.exception("loadkit: the SLO verdicts, JUnit or report could not be written")
         slo_breaches = [f"the SLO verdicts could not be written: {type(err).__name__}"]

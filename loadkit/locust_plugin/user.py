@@ -16,7 +16,7 @@ from locust import User, constant, task
 
 from loadkit.arrivals import ArrivalSchedule
 from loadkit.client import RequestCancelled, RequestSpec
-from loadkit.locust_plugin import capacity
+from loadkit.locust_plugin import costguard, openloop
 from loadkit.locust_plugin.reporting import report
 from loadkit.locust_plugin.run import Run, run_of
 
@@ -37,13 +37,13 @@ class LLMUser(User):
         if run.policy is None:  # the run could not be prepared; the error was logged
             gevent.sleep(1.0)
             return
-        if not capacity.open_loop_active(run.capacity):
+        if not openloop.open_loop_active(run.capacity):
             self.send(run.next_spec())
             return
         if run.stopping_at:  # a schedule ended by the run's end is not started again
             gevent.sleep(1.0)
             return
-        schedule = capacity.open_loop_schedule(run.capacity, random.Random())
+        schedule = openloop.open_loop_schedule(run.capacity, random.Random())
         if schedule is not None:
             self.open_loop(schedule)
 
@@ -51,18 +51,18 @@ class LLMUser(User):
         run = self.loadkit_run
         policy = run.policy
         assert policy is not None
-        estimate = capacity.reserve(run.capacity, spec, run.cached_prefix_tokens)
+        estimate = costguard.reserve(run.capacity, spec, run.cached_prefix_tokens)
         if estimate is None:  # the cost guard: this request could pass the cap
-            capacity.stop_for_budget(run)
+            costguard.stop_for_budget(run)
             gevent.sleep(1.0)
             return
         try:
             record = policy.send(spec)
         except RequestCancelled as cancelled:
-            capacity.settle(run.capacity, estimate, cancelled.record)
+            costguard.settle(run.capacity, estimate, cancelled.record)
             report(run, cancelled.record)
             raise cancelled.__cause__ or cancelled from None
-        capacity.settle(run.capacity, estimate, record)
+        costguard.settle(run.capacity, estimate, record)
         report(run, record)
 
     def open_loop(self, schedule: ArrivalSchedule) -> None:
@@ -86,7 +86,7 @@ class LLMUser(User):
                 late_ms = (time.perf_counter_ns() - due) / 1e6
                 counts = run.aggregate  # a worker's report swaps it for a new one
                 counts.schedule["scheduled"] += 1
-                if late_ms > capacity.LATE_START_MS:
+                if late_ms > openloop.LATE_START_MS:
                     counts.schedule["late"] += 1
                 counts.start_lateness.add(max(late_ms, 1e-3))
                 spec = run.next_spec()

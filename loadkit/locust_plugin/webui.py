@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from loadkit.emulator.config import ConfigError, load_config
-from loadkit.locust_plugin.capacity import check_spending_cap
+from loadkit.locust_plugin.costguard import check_spending_cap
 from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import request_timeout
 from loadkit.locust_plugin.run import Run, load_workload_option, resolve_path
