@@ -288,6 +288,7 @@ def check_section(section: dict[str, Any]) -> None:
     assert section["cancelled_closed_by_client"] + answered == gone
 
 
+@pytest.mark.slow
 def test_web_ui_stops_with_streams_in_flight_reconcile_exactly(
     target: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -356,6 +357,7 @@ def test_web_ui_stops_with_streams_in_flight_reconcile_exactly(
     # 429's retry-after; before the fix, the first stop already reported a disagreement.)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_timeout", [None, "1s"])
 def test_headless_run_time_expiry_reconciles_exactly(
     target: tuple[str, Path], tmp_path: Path, stop_timeout: str | None

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,8 @@ from playwright.sync_api import sync_playwright
 
 from loadkit.slo import SLOError, parse_slo, parse_slos
 from loadkit.sweep import SweepPlan
+
+from .runs import run_locust
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -79,16 +79,11 @@ def run(
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
     (tmp_path / "emulator.yaml").write_text(yaml.safe_dump(emulator))
     (tmp_path / "workload.yaml").write_text(yaml.safe_dump(workload))
-    summary = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", locustfile, "--headless", "--only-summary",
-         "--workload", str(tmp_path / "workload.yaml"),
-         "--emulator-config", str(tmp_path / "emulator.yaml"),
-         "--summary-json", str(summary), *args],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+    return run_locust(
+        tmp_path, "--workload", str(tmp_path / "workload.yaml"),
+        "--emulator-config", str(tmp_path / "emulator.yaml"), *args,
+        locustfile=locustfile, timeout=timeout,
     )  # fmt: skip
-    return result, json.loads(summary.read_text()) if summary.exists() else None
 
 
 # A haiku that serves 2 requests at once, each in ~0.2 s: about 10 requests/s at most.
@@ -111,6 +106,7 @@ HAIKU = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.timing
 def test_open_loop_shows_lateness_a_closed_loop_hides(tmp_path: Path) -> None:
     open_result, open_data = run(
@@ -137,6 +133,7 @@ def test_open_loop_shows_lateness_a_closed_loop_hides(tmp_path: Path) -> None:
     assert closed_ttft["p50"] < 150 < open_data["total"]["schedule_ttft_ms"]["p50"] / 10
 
 
+@pytest.mark.slow
 @pytest.mark.timing
 def test_sweep_finds_the_capacity_of_the_emulator(tmp_path: Path) -> None:
     emulator = json.loads(json.dumps(SLOW))
@@ -176,6 +173,7 @@ def test_sweep_finds_the_capacity_of_the_emulator(tmp_path: Path) -> None:
     assert "Throughput vs latency" in html and f">capacity {sweep['capacity']:g}<" in html
 
 
+@pytest.mark.slow
 @pytest.mark.timing
 def test_sweep_top_step_the_target_cannot_sustain_is_no_capacity(tmp_path: Path) -> None:
     """Issue #10 item 7: the top step's starts went out on time, the target answered far fewer
@@ -206,6 +204,7 @@ def test_sweep_top_step_the_target_cannot_sustain_is_no_capacity(tmp_path: Path)
     assert ">capacity 6<" in (tmp_path / "sweep.html").read_text()
 
 
+@pytest.mark.slow
 def test_slo_gate_passes_and_breaches_with_exit_codes_and_junit(tmp_path: Path) -> None:
     quick = {**SLOW, "models": {"claude-haiku-4-5": {"ttft_base_ms": 50, "ttft_jitter": 0}}}
     junit = tmp_path / "slo.xml"
@@ -231,6 +230,7 @@ def test_slo_gate_passes_and_breaches_with_exit_codes_and_junit(tmp_path: Path) 
     assert result.returncode == 2 and "write ttft_pNN_ms" in result.stderr
 
 
+@pytest.mark.slow
 def test_cost_guard_stops_within_one_request_of_the_cap(tmp_path: Path) -> None:
     priced = {**HAIKU, "prompt_tokens": {"kind": "fixed", "value": 2000}}
     emulator = {**SLOW, "models": {"claude-haiku-4-5": {"ttft_base_ms": 50, "ttft_jitter": 0}}}
@@ -256,6 +256,7 @@ def test_remote_target_needs_a_cost_cap(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--max-cost-usd" in result.stderr and data is None
 
 
+@pytest.mark.slow
 def test_report_renders_in_a_browser(tmp_path: Path) -> None:
     result, _ = run(
         tmp_path, SLOW, HAIKU, "-u", "3", "-r", "3", "-t", "11s",

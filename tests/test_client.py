@@ -57,6 +57,7 @@ def send_many(client: StreamingClient, specs: list[RequestSpec]) -> list[ResultR
         gc.enable()
 
 
+@pytest.mark.slow
 @pytest.mark.timing
 def test_accuracy_against_fixed_ttft_and_decode(client: StreamingClient, control: Control) -> None:
     control.configure(
@@ -177,6 +178,7 @@ def test_rate_limited_and_client_errors(client: StreamingClient, control: Contro
     assert unknown.error_type == "not_found_error"
 
 
+@pytest.mark.slow
 def test_sdk_retries_are_each_recorded(emulator: EmulatorProcess, control: Control) -> None:
     control.configure({"fast_mode": {"input_tokens_per_minute": 1200}}).raise_for_status()
     retrying = StreamingClient(emulator.base_url, "k", pool_size=2, max_retries=3)

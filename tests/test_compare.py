@@ -126,6 +126,7 @@ def _run(tmp_path: Path, name: str, ttft_ms: int) -> Path:
     return folder / "summary.json"
 
 
+@pytest.mark.slow
 def test_compare_two_real_runs_fails_the_gate_on_a_slower_target(tmp_path: Path) -> None:
     base, slower = _run(tmp_path, "base", 50), _run(tmp_path, "slower", 200)
     written = load_summary(base)  # what --summary-json wrote fits the schema

@@ -522,6 +522,7 @@ def stats(emu: EmulatorProcess) -> dict[str, Any]:
     return httpx2.get(f"{emu.base_url}/_emulator/stats", timeout=10).json()
 
 
+@pytest.mark.slow
 def test_fuzz_http_front(fuzzed: EmulatorProcess, record_property: Any) -> None:
     host, port = fuzzed.base_url.removeprefix("http://").split(":")
     address = (host, int(port))

@@ -165,6 +165,7 @@ def test_fast_429_without_retries(emulator: EmulatorProcess, control: Control) -
     assert row["rate_limited"] == 1 and row["completed"] == 1
 
 
+@pytest.mark.slow
 def test_fast_429_retried_after_retry_after(emulator: EmulatorProcess, control: Control) -> None:
     control.configure({"fast_mode": {"input_tokens_per_minute": 1200}}).raise_for_status()
     client = client_for(emulator, max_retries=3)
@@ -181,6 +182,7 @@ def test_fast_429_retried_after_retry_after(emulator: EmulatorProcess, control: 
     assert waited >= 0.3
 
 
+@pytest.mark.slow
 def test_standard_limits_fall_and_refill(emulator: EmulatorProcess, control: Control) -> None:
     control.configure({"rate_limits": {"haiku": {"requests_per_minute": 60}}}).raise_for_status()
     client = client_for(emulator)

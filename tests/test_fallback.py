@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ from loadkit.fallback_checks import record_violations
 from loadkit.record import Attempt, Outcome, ResultRecord
 
 from .conftest import Control
+from .runs import run_locust
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "user", "content": "hello"}]
@@ -153,18 +151,17 @@ def scenario(
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     """200 users on a fast-mode limit far below their demand for 5 s; then the limit is
     lifted, and after a 2 s grace no fast 429 may follow while traffic goes on for 3 s."""
-    summary = tmp_path / f"{policy}.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", locustfile, "--headless", "--only-summary",
-         "-u", "200", "-r", "200", "-t", "10s", "--workload", "workloads/fast-fallback.yaml",
-         "--emulator-config", emulator_config, "--fallback", policy,
-         "--recover-at", "5", "--storm-grace", "2", "--summary-json", str(summary)],
-        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+    result, data = run_locust(
+        tmp_path, "-u", "200", "-r", "200", "-t", "10s",
+        "--workload", "workloads/fast-fallback.yaml", "--emulator-config", emulator_config,
+        "--fallback", policy, "--recover-at", "5", "--storm-grace", "2",
+        locustfile=locustfile, summary=f"{policy}.json",
     )  # fmt: skip
-    return result, json.loads(summary.read_text())
+    assert data is not None, result.stderr[-3000:]
+    return result, data
 
 
+@pytest.mark.slow
 @pytest.mark.timing
 @pytest.mark.parametrize("policy", ["none", "retry", "standard", "retry-then-standard"])
 def test_validation_scenario_at_200_users(tmp_path: Path, policy: str) -> None:
@@ -185,6 +182,7 @@ def test_validation_scenario_at_200_users(tmp_path: Path, policy: str) -> None:
     assert data["policy"]["amplification"] <= data["policy"]["amplification_bound"]
 
 
+@pytest.mark.slow
 @pytest.mark.timing
 def test_validation_scenario_catches_a_wrong_policy(tmp_path: Path) -> None:
     # Whole-second retry-after (as the API sends it): an immediate retry is plainly too soon.

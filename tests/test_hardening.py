@@ -23,6 +23,7 @@ from loadkit.emulator.launcher import EmulatorProcess
 from loadkit.record import ResultRecord
 from loadkit.sinks.influxdb import InfluxSink, LineFormatter, SinkSettings, rejected_points
 
+from . import runs
 from .servers import InfluxDB1
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,14 +46,7 @@ def free_port() -> int:
 def start_locust(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "INFLUXDB_"))}
-    environ.update(env or {})
-    return subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", "locustfiles/messages.py", "--headless",
-         "--only-summary", "--workload", "workloads/ci.yaml",
-         "--summary-json", str(tmp_path / "summary.json"), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ, cwd=ROOT,
-    )  # fmt: skip
+    return runs.start_locust(tmp_path, "--workload", "workloads/ci.yaml", *args, env=env)
 
 
 def received(emulator: EmulatorProcess) -> int:
@@ -70,6 +64,7 @@ def wait_until(condition: Any, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_the_run_and_every_output_is_final(
     tmp_path: Path, sig: signal.Signals, code: int
@@ -111,6 +106,7 @@ def test_a_signal_stops_the_run_and_every_output_is_final(
     assert f"interrupted by {sig.name}" in err
 
 
+@pytest.mark.slow
 def test_a_target_that_dies_mid_run_still_gets_every_output(tmp_path: Path) -> None:
     emulator = EmulatorProcess(config=LONG_STREAMS, seed=3)
     emulator.start()
@@ -133,6 +129,7 @@ def test_a_target_that_dies_mid_run_still_gets_every_output(tmp_path: Path) -> N
     assert (tmp_path / "junit.xml").exists() and (tmp_path / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_a_run_in_which_nothing_completed_fails(tmp_path: Path) -> None:
     """A target that takes longer to answer than the run lasts: all cancelled, exit 5."""
     hanging = {**LONG_STREAMS, "models": {"claude-haiku-4-5": {"ttft_base_ms": 60_000},
@@ -149,6 +146,7 @@ def test_a_run_in_which_nothing_completed_fails(tmp_path: Path) -> None:
     assert "exit code 5: no request completed" in err
 
 
+@pytest.mark.slow
 def test_a_sink_that_delivered_nothing_fails_unless_optional(tmp_path: Path) -> None:
     """All points to a dead port: exit 6 (0 with --influxdb-optional); a password in the
     sink's URL is never printed."""
@@ -253,6 +251,7 @@ def web_ui(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes]
     return process, url
 
 
+@pytest.mark.slow
 def test_the_key_never_goes_to_a_host_typed_into_the_form(
     tmp_path: Path, recording_target: str
 ) -> None:
@@ -277,6 +276,7 @@ def test_the_key_never_goes_to_a_host_typed_into_the_form(
     assert SECRET not in (tmp_path / "locust.log").read_text()
 
 
+@pytest.mark.slow
 def test_basic_auth_guards_the_whole_web_ui(tmp_path: Path) -> None:
     process, url = web_ui(tmp_path, {"LOADKIT_WEB_AUTH": "ops:s3cret-pass"})
     try:
@@ -375,6 +375,7 @@ def test_odd_usage_is_a_counted_client_error_naming_the_value(
     assert record.cost_usd == record.cost_usd and record.cost_usd < 1  # finite, not poisoned
 
 
+@pytest.mark.slow
 def test_a_run_against_odd_usage_loses_no_request_and_writes_strict_json(
     tmp_path: Path, odd_usage_target: tuple[str, type[OddUsageTarget]]
 ) -> None:

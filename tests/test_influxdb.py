@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from .runs import own_master_port
 from .servers import InfluxDB1, VictoriaMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def locust_command(
     command = [
         sys.executable, "-m", "locust", "-f", "locustfiles/messages.py", "--headless",
         "--only-summary", "--workload", "workloads/ci.yaml", "--emulator-config", str(config),
-        "--summary-json", str(tmp_path / "summary.json"), *args,
+        "--summary-json", str(tmp_path / "summary.json"), *args, *own_master_port(args),
     ]  # fmt: skip
     return command, env
 
@@ -97,6 +98,7 @@ def check_points_equal_records(victoria: VictoriaMetrics, data: dict[str, Any]) 
     assert data["influxdb"]["dropped"] == 0
 
 
+@pytest.mark.slow
 def test_standalone_run_writes_one_point_per_request(
     victoria: VictoriaMetrics, tmp_path: Path
 ) -> None:
@@ -117,6 +119,7 @@ def test_standalone_run_writes_one_point_per_request(
     assert headroom and all(v <= 600 for s in headroom for v in s["values"])
 
 
+@pytest.mark.slow
 def test_distributed_run_writes_from_every_worker(
     victoria: VictoriaMetrics, tmp_path: Path
 ) -> None:
@@ -128,11 +131,13 @@ def test_distributed_run_writes_from_every_worker(
     assert len(workers) == 2
 
 
+@pytest.mark.slow
 def test_sink_off_says_so_once(tmp_path: Path) -> None:
     output, data = run_locust(tmp_path, "", "-u", "2", "-r", "2", "-t", "2s")
     assert output.count("InfluxDB sink off") == 1 and "influxdb" not in data
 
 
+@pytest.mark.slow
 def test_outage_of_fifteen_seconds_loses_nothing(victoria: VictoriaMetrics, tmp_path: Path) -> None:
     unlimited = {**EMULATOR, "rate_limits": {}}
     command, env = locust_command(
@@ -170,6 +175,7 @@ def series_values(result: dict[str, Any]) -> list[dict[str, Any]]:
     return statement.get("series", [])
 
 
+@pytest.mark.slow
 def test_every_dashboard_query_runs_on_influxdb_1(
     victoria: VictoriaMetrics, tmp_path: Path
 ) -> None:

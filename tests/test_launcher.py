@@ -105,6 +105,7 @@ def kill_leftover(pid: int | None) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("started_from", ["main", "thread"])
 def test_emulator_dies_when_its_parent_is_killed(started_from: str) -> None:
@@ -150,6 +151,7 @@ def test_emulator_whose_parent_is_already_gone_exits_at_once() -> None:
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_killed_locust_master_leaves_no_emulator_behind(tmp_path: Path) -> None:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}

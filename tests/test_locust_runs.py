@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import yaml
 
 from loadkit.emulator.launcher import EmulatorProcess
 
+from .runs import run_locust
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "messages.py"
 QUICK = {"ttft_base_ms": 60, "decode_tokens_per_s": 300, "ttft_jitter": 0.1, "decode_jitter": 0.1}
@@ -30,16 +31,7 @@ QUICK_EMULATOR: dict[str, Any] = {
 def locust(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
-    summary = tmp_path / "summary.json"
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    environ.update(env or {})
-    result = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
-         "--summary-json", str(summary), "--only-summary", *args],
-        capture_output=True, text=True, timeout=timeout, env=environ, cwd=ROOT,
-    )  # fmt: skip
-    data = json.loads(summary.read_text()) if summary.exists() else None
-    return result, data
+    return run_locust(tmp_path, *args, env=env, timeout=timeout)
 
 
 def write_yaml(path: Path, data: Any) -> Path:
@@ -47,6 +39,7 @@ def write_yaml(path: Path, data: Any) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stack", ["lean", "httpx"])
 def test_standalone_run_accounts_for_every_request(tmp_path: Path, stack: str) -> None:
     config = write_yaml(tmp_path / "emulator.yaml", QUICK_EMULATOR)
@@ -86,6 +79,7 @@ def test_standalone_run_accounts_for_every_request(tmp_path: Path, stack: str) -
     assert "loadkit summary" in result.stderr and "accounting: all" in result.stderr
 
 
+@pytest.mark.slow
 def test_locust_views_equal_loadkits_and_stdout_stays_json(tmp_path: Path) -> None:
     """One Locust entry per request (response time E2E, length output tokens), failures
     included; Locust's counts, failure ratio and requests/s equal loadkit's; stdout holds
@@ -126,6 +120,7 @@ def test_locust_views_equal_loadkits_and_stdout_stays_json(tmp_path: Path) -> No
     assert result.returncode == 1
 
 
+@pytest.mark.slow
 @pytest.mark.timing
 def test_distributed_run_merges_counts_and_sketches(tmp_path: Path) -> None:
     with EmulatorProcess(config=QUICK_EMULATOR, seed=11) as emulator:
@@ -167,6 +162,7 @@ def test_distributed_run_merges_counts_and_sketches(tmp_path: Path) -> None:
         assert group["otps"]["p50"] == pytest.approx(statistics.median(decode), rel=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.timing
 @pytest.mark.parametrize("speed", ["standard", "fast"])
 def test_ttft_and_otps_accuracy_through_locust(tmp_path: Path, speed: str) -> None:
@@ -209,6 +205,7 @@ def test_bad_workload_stops_before_any_request(tmp_path: Path) -> None:
     assert data is None
 
 
+@pytest.mark.slow
 def test_external_target_needs_a_key_from_the_environment(tmp_path: Path) -> None:
     """A target that is not a loadkit emulator gets the key from the environment only."""
     port = free_port()
@@ -229,6 +226,7 @@ def test_external_target_needs_a_key_from_the_environment(tmp_path: Path) -> Non
     assert "ANTHROPIC_API_KEY is not set" in result.stderr
 
 
+@pytest.mark.slow
 def test_an_emulator_target_gets_a_placeholder_key_never_the_real_one(tmp_path: Path) -> None:
     """A loadkit emulator needs no key: it gets a placeholder, even when a real key is set,
     and needs no spending cap wherever it runs."""

@@ -14,6 +14,8 @@ import pytest
 
 from loadkit.locust_plugin.run import PLAN_KEY, RunPlan, run_of
 
+from .runs import own_master_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -57,6 +59,7 @@ def test_each_environment_has_its_own_run() -> None:
     assert run_of(second).run_id == "" and run_of(first).environment is first
 
 
+@pytest.mark.slow
 def test_a_start_the_master_refuses_is_clean_on_its_workers(tmp_path: Path) -> None:
     """Issue #12: with ``--processes 2`` a refused start (a remote target without a spending
     cap) printed ``AttributeError: 'Namespace' object has no attribute 'loadkit_run_id'`` on
@@ -67,7 +70,7 @@ def test_a_start_the_master_refuses_is_clean_on_its_workers(tmp_path: Path) -> N
         [sys.executable, "-m", "locust", "-f", "locustfiles/messages.py", "--headless",
          "--processes", "2", "-u", "2", "-r", "2", "-t", "20s", "--only-summary",
          "--workload", "workloads/ci.yaml", "--target-url", "https://api.example.invalid",
-         "--allowed-targets", "https://api.example.invalid"],
+         "--allowed-targets", "https://api.example.invalid", *own_master_port(["--processes"])],
         capture_output=True, text=True, timeout=90, env=env, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]

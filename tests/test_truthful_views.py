@@ -16,6 +16,8 @@ from loadkit.aggregate import Aggregate
 from loadkit.record import Attempt, Outcome, ResultRecord
 from loadkit.summary import format_table, summary_data, table_rows
 
+from .runs import run_locust
+
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000
 
@@ -74,16 +76,10 @@ def test_fallbacks_do_not_dilute_the_row_and_429s_are_counted_per_answer() -> No
 
 
 def run_scenario(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
-    summary = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", "locustfiles/fast_fallback.py", "--headless",
-         "--only-summary", "--summary-json", str(summary), *args],
-        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
-    )  # fmt: skip
-    return result, json.loads(summary.read_text()) if summary.exists() else None
+    return run_locust(tmp_path, *args, locustfile="locustfiles/fast_fallback.py")
 
 
+@pytest.mark.slow
 @pytest.mark.timing
 def test_fallback_scenario_runs_as_it_stands_and_reports_each_check(tmp_path: Path) -> None:
     """``fast_fallback.py`` with no workload or emulator options uses its own, provokes fast
@@ -115,6 +111,7 @@ def test_fallback_scenario_runs_as_it_stands_and_reports_each_check(tmp_path: Pa
     assert "http://127.0.0.1:" in html and "Target Host: None" not in html
 
 
+@pytest.mark.slow
 def test_a_sweep_does_not_warn_that_users_are_ignored(tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}

@@ -17,6 +17,8 @@ import httpx2
 import pytest
 from playwright.sync_api import sync_playwright
 
+from .runs import own_master_port
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SECRET = "sk-ant-do-not-render-0123456789"
@@ -45,7 +47,8 @@ def web_locust(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     with open(log, "w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "locust", "-f", "locustfiles/messages.py",
-             "--web-host", "127.0.0.1", "--web-port", str(port), "--processes", "2"],
+             "--web-host", "127.0.0.1", "--web-port", str(port), "--processes", "2",
+             *own_master_port(["--processes"])],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
@@ -68,6 +71,7 @@ def web_locust(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_llm_tab_with_workload_chosen_in_the_form(
     web_locust: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -124,6 +128,7 @@ def test_llm_tab_with_workload_chosen_in_the_form(
     assert SECRET not in text
 
 
+@pytest.mark.slow
 def test_a_refused_start_says_why_in_the_form(web_locust: tuple[str, Path]) -> None:
     """A start loadkit refuses (here a workload file that does not exist) shows its reason in
     the start form, and nothing starts."""

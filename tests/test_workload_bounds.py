@@ -293,6 +293,7 @@ def locust_run(tmp_path: Path, *args: str, timeout: float = 60) -> tuple[int, st
     return result.returncode, result.stderr, time.monotonic() - started
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case", ["weight-inf", "lognormal-median-1e300", "prompt-tokens-1e12", "binary"]
 )
@@ -313,6 +314,7 @@ def test_locust_run_with_a_bad_workload_stops_once_and_quickly(tmp_path: Path, c
     assert elapsed < 20
 
 
+@pytest.mark.slow
 def test_locust_run_with_zero_request_timeout_is_refused(tmp_path: Path) -> None:
     code, stderr, elapsed = locust_run(tmp_path, "-u", "1", "-t", "5s", "--request-timeout", "0")
     assert code == 2, stderr[-3000:]
