@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from locust.runners import MasterRunner
-
 from loadkit.aggregate import Slice
 from loadkit.budget import Budget
 from loadkit.locust_plugin.costguard import check_spending_cap
@@ -141,7 +139,7 @@ def prepare_master(
         # local runner's shape clock started before the embedded emulator did).
         environment.shape_class.reset_time()
     processes = 1
-    if isinstance(environment.runner, MasterRunner):
+    if run.role.collects:
         processes = max(1, len(environment.runner.clients.ready) or options.expect_workers or 1)
     return now, options.max_cost_usd / processes, max(1, int(options.num_users or 1))
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from locust.runners import WorkerRunner
-
 from loadkit.budget import worst_case_cost
 from loadkit.client import RequestSpec
 from loadkit.locust_plugin.console import say
@@ -57,7 +55,7 @@ def stop_for_budget(run: Run) -> None:
     import gevent
 
     environment = run.environment
-    if run.budget_stopping or isinstance(environment.runner, WorkerRunner):
+    if run.budget_stopping or not run.role.decides:
         return
     run.budget_stopping = True
     settings = run.capacity

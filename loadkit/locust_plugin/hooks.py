@@ -32,8 +32,11 @@ from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import add_options, check_options
 from loadkit.locust_plugin.run import (
     PLAN_KEY,
+    Master,
+    Role,
     Run,
     RunPlan,
+    Worker,
     fallback_settings,
     load_workload_option,
     resolve_path,
@@ -82,12 +85,19 @@ def _fail_run(run: Run, message: str) -> None:
         gevent.spawn(runner.stop)
 
 
+def _role(runner: Any) -> Role:
+    if isinstance(runner, MasterRunner):
+        return Master()
+    return Worker() if isinstance(runner, WorkerRunner) else Role()
+
+
 @events.init.add_listener
 def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
     # CPU-heavy imports leave gevent's cached clock behind; without this, -t ends early.
     gevent.get_hub().loop.update_now()
     tune_gc()  # full collections would stall every stream of the process (and its timings)
     run = run_of(environment)
+    run.role = _role(runner)
     run.interrupted_by = ""
     install(environment.events, run)
     influx.install(environment.events, run)
@@ -100,7 +110,7 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
     gevent.signal_handler(signal.SIGINT, _on_sigint, run)
     if web_ui is not None:
         webui.install(web_ui, run)
-    if isinstance(runner, WorkerRunner):
+    if run.role.reports:
         runner.register_message(STOP_MESSAGE, lambda msg, **_: _stop_and_report(run))
         return
     if environment.parsed_options is None:
@@ -177,7 +187,6 @@ def _plan_the_run(run: Run) -> RunPlan:
 
 def _test_start(run: Run) -> None:
     options = run.options
-    runner = run.environment.runner
     run.finished = run.stopped = False
     run.stopping_at = 0
     run.aggregate.reset()
@@ -186,7 +195,7 @@ def _test_start(run: Run) -> None:
     if run.refused_at_init:
         run.refused = True
         return
-    if not isinstance(runner, WorkerRunner):
+    if run.role.decides:
         setattr(options, PLAN_KEY, None)  # a refused start sends its workers no stale plan
         try:
             plan = _plan_the_run(run)
@@ -212,7 +221,7 @@ def _test_start(run: Run) -> None:
     except ValueError as err:
         _fail_run(run, str(err))
         return
-    if isinstance(runner, MasterRunner):
+    if not run.role.sends:
         return
     try:
         run.prepare(options, plan)
@@ -338,7 +347,7 @@ def _finish(run: Run) -> None:
     unavailable, it does not lose the summary.
     """
     environment = run.environment
-    if run.finished or isinstance(environment.runner, WorkerRunner) or not run.run_id:
+    if run.finished or not run.role.decides or not run.run_id:
         return
     run.finished = True
     run.aggregate.ended_at = run.aggregate.ended_at or time.time()
@@ -378,11 +387,10 @@ def _finish(run: Run) -> None:
 
 
 def _test_stop(run: Run) -> None:
-    runner = run.environment.runner
-    if isinstance(runner, WorkerRunner):
+    if not run.role.decides:
         return
     run.aggregate.ended_at = time.time()
-    if isinstance(runner, MasterRunner):
+    if run.role.collects:
         _collect_final_reports(run)
     if not run.options.headless:
         _finish(run)  # headless: at quitting, once the runner is done
@@ -407,12 +415,12 @@ def _quitting(run: Run) -> None:
         # signals quit a running run: -t, the cost guard and a failed start stop it first.)
         run.interrupted_by = run.interrupted_by or "SIGINT"
         say(f"loadkit: {run.interrupted_by}: stopping the run before writing its results")
-        if isinstance(runner, WorkerRunner):
+        if run.role.reports:
             _stop_and_report(run)  # its last requests reach the master
         else:
             runner.stop()
     run.close_client()
-    if isinstance(runner, WorkerRunner):
+    if not run.role.decides:
         return
     _finish(run)
     run.stop_emulator()

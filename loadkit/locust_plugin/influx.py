@@ -12,8 +12,6 @@ import os
 import socket
 from typing import Any
 
-from locust.runners import MasterRunner, WorkerRunner
-
 from loadkit.locust_plugin.reporting import result_event
 from loadkit.locust_plugin.run import Run
 from loadkit.record import ResultRecord
@@ -54,9 +52,9 @@ def add_options(parser: Any) -> None:
     )
 
 
-def _worker_name(runner: Any) -> str:
-    index = getattr(runner, "worker_index", 0)
-    role = "master" if isinstance(runner, MasterRunner) else f"worker-{index}"
+def _worker_name(run: Run) -> str:
+    index = getattr(run.environment.runner, "worker_index", 0)
+    role = "master" if run.role.collects else f"worker-{index}"
     return f"{socket.gethostname()}-{role}"
 
 
@@ -76,7 +74,7 @@ def _open(run: Run) -> None:
     if not url:
         return
     line_file = options.influxdb_line_file
-    if line_file and isinstance(environment.runner, WorkerRunner):
+    if line_file and run.role.reports:
         line_file = f"{line_file}.{environment.runner.worker_index}"
     settings = SinkSettings(
         url=url,
@@ -85,7 +83,7 @@ def _open(run: Run) -> None:
         bucket=options.influxdb_bucket,
         line_file=line_file,
     )
-    sinks.sink = InfluxSink(settings, LineFormatter(run.run_id, _worker_name(environment.runner)))
+    sinks.sink = InfluxSink(settings, LineFormatter(run.run_id, _worker_name(run)))
 
 
 def _close(run: Run) -> dict[str, Any] | None:
@@ -96,7 +94,7 @@ def _close(run: Run) -> dict[str, Any] | None:
 def _run_event(run: Run, event: str) -> None:
     sink = run.sinks.sink
     runner = run.environment.runner
-    if sink is not None and not isinstance(runner, WorkerRunner):
+    if sink is not None and run.role.decides:
         sink.add(sink.formatter.run_event_line(event, runner.user_count))
 
 

@@ -111,11 +111,34 @@ class Recovery:
 EndCheck = Callable[["Run", dict[str, Any]], list[str]]
 
 
+class Role:
+    """What a process does in a run. A local runner does everything."""
+
+    name = "local"
+    decides = True  # plans each start, judges the run, prints and writes its results
+    sends = True  # runs users that send requests
+    reports = False  # sends its figures to a master every few seconds
+    collects = False  # merges its workers' figures
+
+
+class Master(Role):
+    name = "master"
+    sends = False
+    collects = True
+
+
+class Worker(Role):
+    name = "worker"
+    decides = False
+    reports = True
+
+
 @dataclass
 class Run:
     """What one process knows of the current run (one per Locust ``Environment``)."""
 
     environment: Any = None  # Locust's
+    role: Role = field(default_factory=Role)  # set at init from Locust's runner
     plan: RunPlan | None = None  # this start's (None before one, or when it was refused)
     run_id: str = ""
     workload: Workload | None = None

@@ -23,7 +23,6 @@ from typing import Any
 import gevent
 import httpx2
 from locust import events
-from locust.runners import WorkerRunner
 
 from loadkit.accounting import emulator_counts
 from loadkit.locust_plugin.console import say
@@ -82,7 +81,7 @@ def _drive_recovery(recovery: Recovery, target: str, recover_at: float, grace: f
 
 
 def _test_start(run: Run) -> None:
-    if isinstance(run.environment.runner, WorkerRunner):
+    if not run.role.decides:
         return
     recovery = run.recovery
     if recovery.greenlet is not None:
