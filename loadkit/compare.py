@@ -180,7 +180,8 @@ def format_comparison(base: RunSummary, new: RunSummary, verdicts: list[Verdict]
     ]
     if b.workload_sha256 != n.workload_sha256:
         lines.append("note: the two runs used different workloads (their contents differ)")
-    if b.target != n.target:
+    embedded = b.target_kind == n.target_kind == "embedded emulator"  # (on any free port)
+    if b.target != n.target and not embedded:
         lines.append(f"note: different targets: {b.target} vs {n.target}")
     before, after = _groups(base), _groups(new)
     names = sorted(set(before) | set(after), key=lambda name: (name == "all", name))

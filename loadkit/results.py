@@ -108,6 +108,9 @@ class RunMeta(_Strict):
     workload: str  # the workload's name
     workload_sha256: str  # of the workload as the run used it (canonical JSON)
     target: str  # the target's URL, credentials removed
+    # "embedded emulator" (started by the run), "emulator" (a loadkit emulator given as the
+    # target) or "api" (anything else: the real API, a gateway)
+    target_kind: Literal["embedded emulator", "emulator", "api"]
     users: int | None
     spawn_rate: float | None
     run_time_s: float | None  # -t, when given

@@ -134,6 +134,7 @@ def test_compare_two_real_runs_fails_the_gate_on_a_slower_target(tmp_path: Path)
     assert written.meta.users == 4 and written.meta.arrival == "closed loop"
     assert written.meta.versions.locust and written.meta.target.startswith("http://127.0.0.1:")
     assert len(written.meta.workload_sha256) == 64
+    assert written.meta.target_kind == "embedded emulator"
 
     result = _compare(str(base), str(slower), "--fail-if", "ttft_p95_ms>+10%",
                       "--fail-if", "error_rate>+0.01")  # fmt: skip

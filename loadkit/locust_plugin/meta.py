@@ -10,7 +10,7 @@ import subprocess
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import loadkit
 from loadkit.locust_plugin.run import Run
@@ -55,6 +55,13 @@ def _arrival(options: Any) -> str:
     return "closed loop"
 
 
+def _target_kind(run: Run) -> Literal["embedded emulator", "emulator", "api"]:
+    plan = run.plan
+    if plan is not None and plan.embedded_url:
+        return "embedded emulator"
+    return "emulator" if plan is not None and plan.key_kind == "emulator" else "api"
+
+
 def current_meta(run: Run) -> RunMeta:
     """The metadata of ``run`` (on the local runner or the master)."""
     processes = 1
@@ -81,6 +88,7 @@ def run_meta(run: Run, processes: int) -> RunMeta:
         workload=str(workload.get("name", "")),
         workload_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
         target=redact_url(plan.target if plan is not None else ""),
+        target_kind=_target_kind(run),
         users=options.num_users,
         spawn_rate=options.spawn_rate,
         run_time_s=float(run_time) if run_time else None,
