@@ -33,6 +33,7 @@ from typing import Any
 import httpx2
 
 from loadkit.aggregate import UNSENT, Aggregate
+from loadkit.catalog import canonical_model
 
 EMULATOR_COUNTER = {
     "ok": "completed",
@@ -59,7 +60,8 @@ def harness_counts(aggregate: Aggregate) -> Counter[tuple[str, str, str]]:
     the emulator made of them; ``received`` holds every attempt sent.
     """
     counts: Counter[tuple[str, str, str]] = Counter()
-    for (model, _requested), group in aggregate.groups.items():
+    for (requested_model, _requested), group in aggregate.groups.items():
+        model = canonical_model(requested_model)  # the emulator counts a dated ID as its alias
         for key, n in group.attempt_outcomes.items():
             speed, outcome = key.split("/", 1)
             if outcome == UNSENT:

@@ -32,6 +32,23 @@ MODELS: dict[str, ModelInfo] = {
     )
 }
 
+#: Dated snapshot IDs the API accepts as well as their aliases (the models overview's "Claude
+#: API ID" beside its "Claude API alias"); both name the same model and price.
+SNAPSHOTS: dict[str, str] = {
+    "claude-sonnet-4-5-20250929": "claude-sonnet-4-5",
+    "claude-haiku-4-5-20251001": "claude-haiku-4-5",
+}
+
+
+def canonical_model(model: str) -> str:
+    """The alias of a dated model ID (any other ID as it is)."""
+    return SNAPSHOTS.get(model, model)
+
+
+def model_info(model: str) -> ModelInfo | None:
+    """What is known of ``model``, by alias or dated ID (None: an unknown model)."""
+    return MODELS.get(SNAPSHOTS.get(model, model))
+
 
 def cost_usd(
     model: str,
@@ -48,7 +65,7 @@ def cost_usd(
     output 1.5x), so fast above 200K is $60/$225 on Opus 4.6; cache writes cost 1.25x
     (1h: 2x) of input and reads 0.1x. Unknown models cost 0.
     """
-    info = MODELS.get(model)
+    info = model_info(model)
     if info is None:
         return 0.0
     input_price = info.input_usd_per_mtok

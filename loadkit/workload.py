@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from loadkit.catalog import MODELS
+from loadkit.catalog import MODELS, SNAPSHOTS, model_info
 from loadkit.distributions import MAX_WEIGHT, Distribution, Fixed
 from loadkit.fallback import FallbackSettings
 from loadkit.slo import SLOError, parse_slo
@@ -117,9 +117,9 @@ class ModelMix(_TokenBounds):
 
     @model_validator(mode="after")
     def _check(self) -> ModelMix:
-        info = MODELS.get(self.model)
+        info = model_info(self.model)
         if info is None:
-            known = ", ".join(sorted(MODELS))
+            known = ", ".join(sorted([*MODELS, *SNAPSHOTS]))
             raise ValueError(f"unknown model {self.model!r} (known: {known})")
         if any(w < 0 for w in self.speeds.values()) or sum(self.speeds.values()) <= 0:
             raise ValueError("speeds: weights must be >= 0 and sum to more than zero")

@@ -103,7 +103,7 @@ def test_count_tokens_matches_usage_and_models_list(
     assert counted.input_tokens == message.usage.input_tokens > 1000
     models = client.models.list()
     ids = [m.id for m in models]
-    assert {"claude-opus-4-6", "claude-sonnet-4-6", "claude-haiku-4-5"} <= set(ids)
+    assert {"claude-opus-4-6", "claude-sonnet-4-6", "claude-haiku-4-5-20251001"} <= set(ids)
     assert client.models.retrieve("claude-opus-4-6").display_name == "Claude Opus 4.6"
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from typing import Any
+from urllib.parse import parse_qsl
 
 from loadkit.emulator import auth, jsonbody, validation, wire
 from loadkit.emulator.config import EmulatorConfig
 from loadkit.emulator.control import Control
 from loadkit.emulator.errors import ApiError, invalid
 from loadkit.emulator.http import Connection, HttpSettings, Request
+from loadkit.emulator.job import ModelRuntime
 from loadkit.emulator.prompt import analyse_prompt
 from loadkit.emulator.service import Service
 from loadkit.emulator.stats import Stats
@@ -82,9 +85,10 @@ class Emulator:
             body = jsonbody.parse(request.body, service.max_json_depth)
             if isinstance(body, dict):
                 name = body.get("model")
-                if isinstance(name, str) and name in service.models:
-                    model = name
-                    if body.get("speed") == "fast" and service.models[name].profile.fast_supported:
+                runtime = service.model_ids.get(name) if isinstance(name, str) else None
+                if runtime is not None:
+                    model = runtime.name
+                    if body.get("speed") == "fast" and runtime.profile.fast_supported:
                         speed = "fast"
         except ApiError:
             pass
@@ -122,7 +126,7 @@ class Emulator:
             validation.require_method(request.method, "POST")
             key = auth.api_key(request, service.config.api_keys)
             body = validation.parse_body(request, service.max_json_depth)
-            runtime = validation.model(body, service.models)
+            runtime = validation.model(body, service.model_ids)
             model = runtime.name
             speed = validation.speed(body, request, runtime)
             max_tokens, stream = validation.sampling(body, runtime)
@@ -150,42 +154,63 @@ class Emulator:
 
     def count_tokens(self, conn: Connection, request: Request) -> None:
         body = validation.parse_body(request, self.service.max_json_depth)
-        validation.model(body, self.service.models)
+        validation.model(body, self.service.model_ids)
         prompt = analyse_prompt(body, None)
         headers = [("request-id", self.service.new_id("req"))]
         wire.send_json(conn, 200, {"input_tokens": prompt.tokens}, headers)
 
     def list_models(self, conn: Connection, request: Request, model_id: str | None) -> None:
-        entries = [
-            {
-                "type": "model",
-                "id": name,
-                "display_name": runtime.profile.display_name,
-                "created_at": runtime.profile.created_at,
-            }
-            for name, runtime in self.service.models.items()
-        ]
-        headers = [("request-id", self.service.new_id("req"))]
+        """``GET /v1/models`` (newest first, paged by ``limit``, ``after_id``, ``before_id``)
+        and ``GET /v1/models/{model_id}``, where the ID may be a dated ID or an alias."""
+        service = self.service
+        headers = [("request-id", service.new_id("req"))]
         if model_id is not None:
-            for entry in entries:
-                if entry["id"] == model_id:
-                    wire.send_json(conn, 200, entry, headers)
-                    return
-            raise ApiError(404, "not_found_error", f"model: {model_id}")
-        query = dict(part.split("=", 1) for part in request.query.split("&") if "=" in part)
-        after = query.get("after_id")
-        if after is not None:
-            ids = [e["id"] for e in entries]
-            entries = entries[ids.index(after) + 1 :] if after in ids else []
+            runtime = service.model_ids.get(model_id)
+            if runtime is None:
+                raise ApiError(404, "not_found_error", f"model: {model_id}")
+            wire.send_json(conn, 200, _model_entry(runtime), headers)
+            return
+        entries = sorted(
+            (_model_entry(r) for r in service.models.values()),
+            key=lambda entry: entry["created_at"],
+            reverse=True,
+        )
+        query = dict(parse_qsl(request.query))
         try:
             limit = int(query.get("limit", "20"))
         except ValueError:
             raise invalid("limit: Input should be a valid integer") from None
-        page = entries[: max(1, min(limit, 1000))]
+        if not 1 <= limit <= 1000:
+            raise invalid("limit: Input should be between 1 and 1000")
+        ids = [entry["id"] for entry in entries]
+        if "after_id" in query:
+            after = _cursor(ids, query["after_id"], "after_id")
+            page, more = entries[after + 1 : after + 1 + limit], len(entries) > after + 1 + limit
+        elif "before_id" in query:
+            before = _cursor(ids, query["before_id"], "before_id")
+            page, more = entries[max(0, before - limit) : before], before - limit > 0
+        else:
+            page, more = entries[:limit], len(entries) > limit
         body = {
             "data": page,
-            "has_more": len(entries) > len(page),
+            "has_more": more,
             "first_id": page[0]["id"] if page else None,
             "last_id": page[-1]["id"] if page else None,
         }
         wire.send_json(conn, 200, body, headers)
+
+
+def _model_entry(runtime: ModelRuntime) -> dict[str, Any]:
+    profile = runtime.profile
+    return {
+        "type": "model",
+        "id": profile.snapshot_id or runtime.name,
+        "display_name": profile.display_name,
+        "created_at": profile.created_at,
+    }
+
+
+def _cursor(ids: list[str], value: str, name: str) -> int:
+    if value not in ids:
+        raise invalid(f"{name}: {value!r} is not the ID of a listed model")
+    return ids.index(value)

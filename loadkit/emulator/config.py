@@ -43,6 +43,11 @@ class ModelProfile(_Strict):
     """Latency, capacity and caching behaviour of one model."""
 
     display_name: str = Field(max_length=200)
+    snapshot_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="the model's dated API ID, accepted as well as its alias and listed as its id",
+    )
     created_at: str = Field(max_length=64, description="RFC 3339 time shown by GET /v1/models")
     rate_limit_class: str = Field(max_length=200, description="key into rate_limits")
     ttft_base_ms: float = Field(
@@ -166,6 +171,7 @@ def _default_models() -> dict[str, ModelProfile]:
         ),
         "claude-sonnet-4-5": ModelProfile(
             display_name="Claude Sonnet 4.5",
+            snapshot_id="claude-sonnet-4-5-20250929",
             created_at="2025-09-29T00:00:00Z",
             rate_limit_class="sonnet",
             ttft_base_ms=600,
@@ -175,6 +181,7 @@ def _default_models() -> dict[str, ModelProfile]:
         ),
         "claude-haiku-4-5": ModelProfile(
             display_name="Claude Haiku 4.5",
+            snapshot_id="claude-haiku-4-5-20251001",
             created_at="2025-10-15T00:00:00Z",
             rate_limit_class="haiku",
             ttft_base_ms=350,
@@ -240,6 +247,10 @@ class EmulatorConfig(_Strict):
 
     @model_validator(mode="after")
     def _classes_exist(self) -> EmulatorConfig:
+        snapshots = [p.snapshot_id for p in self.models.values() if p.snapshot_id]
+        clash = {s for s in snapshots if s in self.models or snapshots.count(s) > 1}
+        if clash:
+            raise ValueError(f"models: snapshot_id {sorted(clash)[0]!r} names two models")
         for name, profile in self.models.items():
             if profile.rate_limit_class not in self.rate_limits:
                 raise ValueError(
@@ -328,6 +339,6 @@ def describe_bounds(field: FieldInfo) -> str | None:
         high_text = _number(high) if high is not None else "inf"
         return f"{left}{low_text}, {high_text}{right}"
     if length is not None:
-        unit = "characters" if field.annotation is str else "entries"
+        unit = "characters" if field.annotation in (str, str | None) else "entries"
         return f"[at most {length} {unit}]"
     return None

@@ -36,7 +36,8 @@ class Service:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(5).hex()
         self.config = config
-        self.models: dict[str, ModelRuntime] = {}
+        self.models: dict[str, ModelRuntime] = {}  # by alias
+        self.model_ids: dict[str, ModelRuntime] = {}  # by alias and by dated ID
         self.limits = RateLimits()
         self.cache = PromptCache(1, 1, 1)
         self.configure(config)
@@ -68,7 +69,10 @@ class Service:
         self.cache.long_ttl_s = config.cache.long_ttl_s
         self.cache.max_entries = config.cache.max_entries
         self.stats.resize_served(config.served_log_size)
+        self.model_ids = dict(self.models)
         for runtime in self.models.values():
+            if runtime.profile.snapshot_id:
+                self.model_ids[runtime.profile.snapshot_id] = runtime
             runtime.drain()
 
     def update_config(self, patch: Any) -> EmulatorConfig:
