@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from loadkit.results import load_summary
+
 from .servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,13 +49,17 @@ def run_locust(
     timeout: float = 120,
     summary: str = "summary.json",
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
-    """Run to the end; returns the process and its summary JSON (None if none was written)."""
+    """Run to the end; returns the process and its summary JSON (None if none was written).
+    A summary written must fit the results schema, whatever the run did."""
     path = folder / summary
     result = subprocess.run(
         locust_command(locustfile, path, *args),
         capture_output=True, text=True, timeout=timeout, env=clean_environment(env), cwd=ROOT,
     )  # fmt: skip
-    return result, json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return result, None
+    load_summary(path)  # raises ResultsError naming the field that does not fit
+    return result, json.loads(path.read_text())
 
 
 def start_locust(

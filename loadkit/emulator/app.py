@@ -134,6 +134,8 @@ class Emulator:
             if b'"cache_control"' in request.body:
                 cache_key = f"{model}\0{speed}\0{hashlib.sha256(key.encode()).hexdigest()}".encode()
             prompt = analyse_prompt(body, cache_key)
+            window = validation.context_window(request, runtime)
+            validation.prompt_fits(prompt.tokens, window)
         except ApiError as err:
             counters = self.stats.counters(model, speed)
             counters.received += 1
@@ -149,7 +151,16 @@ class Emulator:
         counters.received += 1
         self._counted = True
         service.serve(
-            conn, request, request_id, counters, runtime, speed, stream, max_tokens, prompt
+            conn,
+            request,
+            request_id,
+            counters,
+            runtime,
+            speed,
+            stream,
+            max_tokens,
+            prompt,
+            window - prompt.tokens,
         )
 
     def count_tokens(self, conn: Connection, request: Request) -> None:

@@ -71,6 +71,18 @@ class ModelProfile(_Strict):
     max_output_tokens: int = Field(
         default=64_000, ge=1, le=MAX_COUNT, description="largest max_tokens accepted"
     )
+    context_window: int = Field(
+        default=200_000,
+        ge=1,
+        le=MAX_COUNT,
+        description="input tokens beyond this get 400; input plus output stops at it",
+    )
+    long_context_beta_window: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_COUNT,
+        description="the window with the context-1m-2025-08-07 beta header (null: no beta)",
+    )
     max_concurrent_streams: int = Field(
         default=1000, ge=1, le=MAX_COUNT, description="requests served at once"
     )
@@ -158,6 +170,7 @@ def _default_models() -> dict[str, ModelProfile]:
             fast_supported=True,
             min_cacheable_tokens=4096,
             max_output_tokens=128_000,
+            context_window=1_000_000,
         ),
         "claude-sonnet-4-6": ModelProfile(
             display_name="Claude Sonnet 4.6",
@@ -168,6 +181,7 @@ def _default_models() -> dict[str, ModelProfile]:
             decode_tokens_per_s=75,
             min_cacheable_tokens=1024,
             max_output_tokens=128_000,
+            context_window=1_000_000,
         ),
         "claude-sonnet-4-5": ModelProfile(
             display_name="Claude Sonnet 4.5",
@@ -178,6 +192,7 @@ def _default_models() -> dict[str, ModelProfile]:
             prefill_tokens_per_s=40_000,
             decode_tokens_per_s=70,
             min_cacheable_tokens=1024,
+            long_context_beta_window=1_000_000,
         ),
         "claude-haiku-4-5": ModelProfile(
             display_name="Claude Haiku 4.5",

@@ -55,6 +55,7 @@ def draw_plan(
     cache: CacheOutcome,
     max_tokens: int,
     fault: str | None,
+    context_room: int | None = None,
 ) -> Plan:
     ttft_s = (
         profile.ttft_base_ms / 1000.0
@@ -66,6 +67,9 @@ def draw_plan(
     wanted = max(1, output_tokens.sample(rng))
     served_tokens = min(wanted, max_tokens)
     stop_reason = "max_tokens" if wanted >= max_tokens else "end_turn"
+    if context_room is not None and served_tokens > context_room:
+        # the answer reached the end of the context window first
+        served_tokens, stop_reason = max(1, context_room), "model_context_window_exceeded"
     fault_at = rng.randint(1, max(1, served_tokens - 1)) if fault else 0
     return Plan(uncached, cache, served_tokens, stop_reason, ttft_s, decode, fault, fault_at)
 

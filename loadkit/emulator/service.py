@@ -101,8 +101,10 @@ class Service:
         stream: bool,
         max_tokens: int,
         prompt: Prompt,
+        context_room: int,
     ) -> None:
-        """Serves a valid Messages request, already counted as received."""
+        """Serves a valid Messages request, already counted as received. ``context_room``:
+        the output tokens left in the context window after the prompt."""
         now = self.loop.time()
         rng = self.rng
         faults = self.config.faults
@@ -129,7 +131,15 @@ class Service:
             return
 
         plan = draw_plan(
-            rng, profile, self.config.output_tokens, speed, uncached, cache, max_tokens, fault
+            rng,
+            profile,
+            self.config.output_tokens,
+            speed,
+            uncached,
+            cache,
+            max_tokens,
+            fault,
+            context_room,
         )
         counters.in_flight += 1
         counters.input_tokens += uncached

@@ -54,6 +54,23 @@ def speed(body: dict[str, Any], request: Request, runtime: ModelRuntime) -> str:
     return "fast"
 
 
+LONG_CONTEXT_BETA = "context-1m-2025-08-07"
+
+
+def context_window(request: Request, runtime: ModelRuntime) -> int:
+    """The model's context window, or its long-context beta's when the request asks."""
+    profile = runtime.profile
+    beta = profile.long_context_beta_window
+    if beta is not None and LONG_CONTEXT_BETA in _betas(request):
+        return beta
+    return profile.context_window
+
+
+def prompt_fits(prompt_tokens: int, window: int) -> None:
+    if prompt_tokens > window:
+        raise invalid(f"prompt is too long: {prompt_tokens} tokens > {window} maximum")
+
+
 def sampling(body: dict[str, Any], runtime: ModelRuntime) -> tuple[int, bool]:
     """``max_tokens`` and ``stream``, once the sampling parameters are found valid."""
     max_tokens = body.get("max_tokens")
