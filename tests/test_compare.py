@@ -173,3 +173,17 @@ def test_compare_names_what_is_wrong_with_its_input(tmp_path: Path) -> None:
 def test_a_summary_that_does_not_fit_the_schema_is_refused() -> None:
     with pytest.raises(ValueError, match="schema_version"):
         RunSummary.model_validate({"schema_version": 2})
+
+
+def test_results_that_do_not_fit_the_schema_are_still_written(tmp_path: Path) -> None:
+    """A defect in a section must not lose the run's results: they are written as they are,
+    and the problem is returned for the log."""
+    from loadkit.aggregate import Aggregate
+    from loadkit.summary import summary_data, write_summary
+
+    data = summary_data(Aggregate(), "run-1", None)  # no meta: does not fit version 1
+    data["total"]["infinite"] = float("inf")
+    problem = write_summary(data, tmp_path / "s.json")
+    assert "do not fit schema version 1" in problem and "meta" in problem
+    written = json.loads((tmp_path / "s.json").read_text())  # strict JSON all the same
+    assert written["run_id"] == "run-1" and written["total"]["infinite"] is None
