@@ -63,3 +63,32 @@ def test_workers_merged_on_the_master_equal_one_process() -> None:
                 assert b[figure][q] == pytest.approx(value, rel=1e-9), (figure, q)
     assert one["total"]["cancelled"] > 0 and one["total"]["rate_limited"] > 0
     assert set(master.slices("window")) == set(single.slices("window")) == {0, 5, 10}
+
+
+def test_slos_are_judged_on_the_aggregate_scope_by_scope() -> None:
+    from loadkit.slo import judge, meets_request_slos, parse_slos
+
+    rng = random.Random(3)
+    aggregate = Aggregate()
+    records = [record(rng, i) for i in range(2_000)]
+    for r in records:
+        aggregate.add(r)
+    aggregate.ended_at = aggregate.started_at + 100
+    ttfts = sorted(r.ttft_ms for r in records if r.ttft_ms is not None)
+    p50 = ttfts[len(ttfts) // 2]
+    finished = [r for r in records if r.outcome is not Outcome.CANCELLED]
+    error_rate = sum(not r.ok for r in finished) / len(finished)
+    slos = parse_slos([
+        f"ttft_p50_ms<={p50 * 1.05}", f"ttft_p50_ms<={p50 * 0.9}",
+        f"error_rate<={error_rate + 0.001}", "model=claude-opus-4-6,speed=fast:otps_p50>=1",
+        "model=claude-opus-4-6,speed=standard:otps_p50>=1",
+    ])  # fmt: skip
+    verdicts = judge(aggregate, slos)
+    assert [v.passed for v in verdicts] == [True, False, True, True, False]
+    assert verdicts[0].value == pytest.approx(p50, rel=0.02)  # the sketch's accuracy
+    assert verdicts[2].value == pytest.approx(error_rate)  # cancellations left out
+    assert verdicts[4].value is None and "FAIL" in verdicts[4].line()  # no such requests
+    # goodput: a request meets every per-request threshold, and succeeded
+    strict = parse_slos([f"ttft_p50_ms<={p50}"])
+    good = [r for r in records if meets_request_slos(r, strict)]
+    assert good and all(r.ok and (r.ttft_ms or 0) <= p50 for r in good)
