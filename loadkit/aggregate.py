@@ -141,9 +141,7 @@ class Group:
             if e2e is not None:
                 sketches["e2e_ms"].add(e2e)
                 sketches[f"e2e_ms_{how}"].add(e2e)
-        itl = sketches["itl_ms"]
-        for gap in record.itl_ns:
-            itl.add(gap / 1e6)
+        sketches["itl_ms"].add_all([gap / 1e6 for gap in record.itl_ns])
         if record.t_intended:
             sketches["queue_ms"].add(max(record.queue_delay_ms, 1e-6))
         for name, value in record.rate_limits.items():

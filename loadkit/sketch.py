@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from typing import Any
 
 from ddsketch import DDSketch
@@ -19,6 +21,38 @@ class Sketch:
 
     def add(self, value: float) -> None:
         self._sketch.add(value)
+
+    def add_all(self, values: Iterable[float]) -> None:
+        """``add`` of each value in turn, with the same bins, count, sum, min and max.
+
+        A reply's inter-token gaps come a hundred at a time; DDSketch's ``add`` goes through
+        four method calls for each, most of the cost of an event in the aggregate.
+        """
+        s = self._sketch
+        mapping = s._mapping
+        log_gamma, offset, smallest = mapping._log_gamma, mapping._offset, mapping.min_possible
+        store = s._store
+        ceil = math.ceil
+        count, total, low, high = s._count, s._sum, s._min, s._max
+        for value in values:
+            if value > smallest:
+                key = int(ceil(log_gamma(value)) + offset)
+                if store.min_key <= key <= store.max_key:
+                    store.bins[key - store.offset] += 1.0
+                    store.count += 1.0
+                else:
+                    store.add(key, 1.0)  # grows the bins
+            elif value < -smallest:
+                s._negative_store.add(mapping.key(-value), 1.0)
+            else:
+                s._zero_count += 1.0
+            count += 1.0
+            total += value * 1.0
+            if value < low:
+                low = value
+            if value > high:
+                high = value
+        s._count, s._sum, s._min, s._max = count, total, low, high
 
     @property
     def count(self) -> int:
