@@ -1,9 +1,12 @@
-"""Harness benchmark (issue 3): what one Locust process on one core can drive, per user kind.
+"""Harness benchmark (issues 3 and 12): what one Locust process on one core costs, per user kind.
 
 The emulator runs pinned to CPU 0; each step is one headless Locust process pinned to CPU 1
 running one user kind:
 
 - ``loadkit``: loadkit's ``LLMUser`` unchanged (``loadkit_user.py``),
+- ``messages``: the shipped ``locustfiles/messages.py`` as users run it (its console stats
+  included), measured from outside: its CPU from ``/proc/<pid>/stat``, its requests and
+  events from the emulator's served log (requests that arrived in the window),
 - ``naive``: the SDK's ``messages.stream()`` + ``text_stream``, the user people write first,
 - ``raw``: a minimal raw-socket SSE reader, the floor (``raw_user.py``).
 
@@ -11,7 +14,16 @@ The emulator serves a fixed TTFT (no jitter, no rate limits, no capacity caps) a
 decode (many events per second per stream); replies are 200-400 tokens (uniform, so that the
 closed-loop users do not move in lock-step), 1 token then 3 per ``content_block_delta``.
 
-Per kind:
+Default mode, **equal load**: every user kind runs at the same offered load. A closed-loop
+user that keeps up drives the emulator's pace (TTFT, then one delta per 3 tokens at the decode
+rate, ~168 events/s per user), so the same user count gives every kind the same events/s; the
+load points are chosen so that no kind is CPU-bound there. The figures are CPU per event and
+per request at that load, and the headline ratios are taken at fixed points: naive against
+loadkit at ``NAIVE_LOAD`` events/s, raw and messages against loadkit at ``RAW_LOAD``.
+``--quick`` measures those same points with shorter windows and one repeat; the full run adds
+a higher load and repeats every point (the median is reported, with the spread).
+
+``--capacity`` runs the older procedure (issue 3) instead; per kind:
 
 1. **probe**: a few users; gives the events/s one user drives and the CPU it costs.
 2. **ramp**: from 1.2x the users the probe extrapolates to one full core, x``--factor``
@@ -24,12 +36,14 @@ Per kind:
    marginal cost of an event follows from the difference with the capacity step.
 
 Every figure comes from a measured window (``--window`` s after ``--warmup`` s) taken inside
-the Locust process (``getrusage`` CPU time, completions by end time). "Foreign" is the share of
-a CPU that other processes took during the window (L: CPU 1 minus Locust, E: CPU 0 minus the
-emulator; interrupts left out); a step where either exceeds ``--noise-cpu`` is run once more
-and the quieter run kept. Events are ``content_block_delta`` events.
+the Locust process (``getrusage`` CPU time, completions by end time), or for ``messages`` by
+the driver as above. "Foreign" is the share of a CPU that other processes took during the
+window (L: CPU 1 minus Locust, E: CPU 0 minus the emulator; interrupts left out); a step where
+either exceeds ``--noise-cpu`` is run once more and the quieter run kept. Events are
+``content_block_delta`` events.
 
     .venv/bin/python bench/harness/harness_bench.py --out /tmp/harness.json
+    .venv/bin/python bench/harness/harness_bench.py --quick
 """
 
 from __future__ import annotations
@@ -53,7 +67,15 @@ from loadkit.emulator.launcher import EmulatorProcess
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-KINDS = {"loadkit": "loadkit_user.py", "naive": "naive_user.py", "raw": "raw_user.py"}
+KINDS = {
+    "loadkit": "loadkit_user.py",
+    "messages": "../../locustfiles/messages.py",
+    "naive": "naive_user.py",
+    "raw": "raw_user.py",
+}
+#: kinds measured from outside (no bench collector in their locustfile)
+EXTERNAL = {"messages"}
+STAGGER_S = 0.7  # benchcollect.stagger_s()
 EMULATOR_CPU = 0
 LOCUST_CPU = 1
 MODEL = "claude-haiku-4-5"
@@ -62,9 +84,18 @@ SHORT_REPLY: dict[str, Any] = {"kind": "fixed", "value": 1}
 GOAL_VS_NAIVE = 5.0
 GOAL_VS_RAW = 2.0
 GOAL_TTFT_P99_MS = 2.0
+#: equal-load mode: offered events/s of each point, and the points of the headline ratios
+LOADS_FULL = (2500, 10000, 20000)
+LOADS_QUICK = (2500, 10000)
+NAIVE_LOAD = 2500  # the naive user is far from its core's limit here (~50% CPU)
+RAW_LOAD = 10000
+NAIVE_MAX_LOAD = 3000  # higher points would measure the naive user overloaded
+GOAL_EQ_VS_NAIVE = 7.0  # loadkit's events/s per core >= this x the naive user's
+GOAL_EQ_VS_RAW = 1.6  # loadkit's CPU per event <= this x the raw floor's
+GOAL_EQ_SHIPPED = 1.10  # the shipped locustfile's CPU per event <= this x the bench user's
 
 
-def emulator_config(ttft_ms: float, decode_tps: float) -> dict[str, Any]:
+def emulator_config(ttft_ms: float, decode_tps: float, reply: dict[str, Any]) -> dict[str, Any]:
     unlimited = {
         "requests_per_minute": None,
         "input_tokens_per_minute": None,
@@ -84,7 +115,7 @@ def emulator_config(ttft_ms: float, decode_tps: float) -> dict[str, Any]:
         },
         "rate_limits": {"haiku": unlimited},
         "fast_mode": {"input_tokens_per_minute": None, "output_tokens_per_minute": None},
-        "output_tokens": LONG_REPLY,
+        "output_tokens": reply,
         "tokens_per_delta": 3,
         "served_log_size": 1_000_000,
     }
@@ -102,6 +133,45 @@ def core_busy_s() -> dict[int, float]:
                 # user + nice + system + steal; irq and softirq (loopback traffic) left out
                 busy[int(name[3:])] = (ticks[0] + ticks[1] + ticks[2] + ticks[7]) / tick
     return busy
+
+
+def cpu_ticks() -> dict[str, list[int]]:
+    """Per-CPU /proc/stat counters: user nice system idle iowait irq softirq steal."""
+    ticks: dict[str, list[int]] = {}
+    with open("/proc/stat", encoding="ascii") as fh:
+        for line in fh:
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                ticks[name] = [int(v) for v in values[:8]]
+    return ticks
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def deltas_of(output_tokens: int, per_delta: int) -> int:
+    """``content_block_delta`` events of a reply: 1 token first, then ``per_delta`` each."""
+    return 0 if output_tokens <= 0 else 1 + math.ceil((output_tokens - 1) / per_delta)
+
+
+def per_user_events_s(
+    ttft_ms: float, decode_tps: float, reply: dict[str, Any], per_delta: int = 3
+) -> float:
+    """Events/s one closed-loop user drives when it keeps up with the emulator's pace."""
+    if reply["kind"] == "fixed":
+        replies = range(reply["value"], reply["value"] + 1)
+    else:
+        replies = range(reply["min"], reply["max"] + 1)
+    deltas = sum(deltas_of(n, per_delta) for n in replies) / len(replies)
+    seconds = ttft_ms / 1000 + (deltas - 1) * per_delta / decode_tps
+    return deltas / seconds
 
 
 def wait_quiet(max_wait_s: float, below: float = 0.15) -> float:
@@ -309,12 +379,14 @@ class Bench:
             "-m",
             "locust",
             "-f",
-            str(HERE / KINDS[kind]),
+            str((HERE / KINDS[kind]).resolve()),
             "--headless",
             "-u",
             str(users),
             "-r",
-            str(max(users, 1)),
+            # the bench users start at once and spread themselves over STAGGER_S; the shipped
+            # locustfile is spread as a user would, by the spawn rate (no lock-step)
+            f"{users / STAGGER_S:g}" if kind in EXTERNAL else str(max(users, 1)),
             "-t",
             f"{math.ceil(a.warmup + window + 30)}s",
             "-H",
@@ -323,7 +395,9 @@ class Bench:
             "--loglevel",
             "WARNING",
         ]
-        if kind == "loadkit":
+        if kind in EXTERNAL:  # as users run it: Locust's console stats every 2 s
+            cmd.remove("--only-summary")
+        if kind in ("loadkit", "messages"):
             cmd += [
                 "--target-url",
                 self.url,
@@ -341,6 +415,7 @@ class Bench:
             ANTHROPIC_API_KEY="harness-bench-key",  # the emulator accepts any key
             PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")])),
         )
+        data: dict[str, Any] = {}
         with open(log_path, "w", encoding="utf-8") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -351,13 +426,18 @@ class Bench:
                 start_new_session=True,
                 preexec_fn=lambda: os.sched_setaffinity(0, {LOCUST_CPU}),
             )
+            if kind in EXTERNAL:
+                data = self._measure_outside(proc, a.warmup, window)
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)  # loadkit stops the run and writes its summary
             try:
                 proc.wait(timeout=a.warmup + window + 60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         step.log = str(log_path)
-        data: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+        if kind not in EXTERNAL:
+            data = json.loads(out.read_text()) if out.exists() else {}
         if data.get("window_complete"):
             step.ok = True
             step.wall_s = data["wall_s"]
@@ -370,7 +450,8 @@ class Bench:
             step.deltas = data["deltas"]
             step.errors = data["errors"]
             step.emulator_cpu_s = data.get("emulator_cpu_s") or 0.0
-            self._ground_truth(step, data["sent"])
+            if kind not in EXTERNAL:
+                self._ground_truth(step, data["sent"])
         time.sleep(0.3)  # connections closed by the exit reach the emulator
         http_json(self.url + "/_emulator/reset", {})
         step.elapsed_s = time.monotonic() - started
@@ -378,6 +459,55 @@ class Bench:
         if not step.ok:
             print(f"    log: {log_path}", flush=True)
         return step
+
+    def _measure_outside(
+        self, proc: subprocess.Popen[bytes], warmup: float, window: float
+    ) -> dict[str, Any]:
+        """The window of a locustfile without the bench collector, taken by this driver.
+
+        It opens ``warmup`` s after the emulator saw the first request. Requests and events
+        are those of the requests that arrived at the emulator in the window (in a steady
+        state as many as end in it), read from the served log once they have ended.
+        """
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if http_json(self.url + "/_emulator/stats")["totals"]["received"]:
+                break
+            time.sleep(0.1)
+        time.sleep(warmup + STAGGER_S)  # the bench users' warm-up starts before their stagger
+        if proc.poll() is not None:
+            return {}
+        t0, cpu0, ticks0 = time.perf_counter_ns(), process_cpu_s(proc.pid), cpu_ticks()
+        emulator0 = process_cpu_s(self.emulator_pid)
+        time.sleep(window)
+        t1, cpu1, ticks1 = time.perf_counter_ns(), process_cpu_s(proc.pid), cpu_ticks()
+        emulator1 = process_cpu_s(self.emulator_pid)
+        if proc.poll() is not None:
+            return {}
+        # the window's last requests end before the run is interrupted, which would cut them
+        a = self.args
+        longest = a.reply.get("value") or a.reply["max"]
+        time.sleep(a.ttft_ms / 1000 + longest / a.decode_tps + 0.5)
+        served = http_json(self.url + "/_emulator/served")
+        per_delta = int(http_json(self.url + "/_emulator/config")["tokens_per_delta"])
+        done = [s for s in served if t0 <= s["arrived_ns"] < t1]
+        ok = [s for s in done if s["outcome"] == "completed"]
+        tick = os.sysconf("SC_CLK_TCK")
+        return {
+            "window_complete": True,
+            "wall_s": (t1 - t0) / 1e9,
+            "cpu_s": cpu1 - cpu0,
+            "cpu_ticks_s": {
+                cpu: [(b - a) / tick for a, b in zip(ticks0[cpu], ticks1[cpu], strict=True)]
+                for cpu in ticks0
+                if cpu in ticks1
+            },
+            "emulator_cpu_s": emulator1 - emulator0,
+            "completed": len(ok),
+            "failed": len(done) - len(ok),
+            "deltas": sum(deltas_of(s["output_tokens"], per_delta) for s in ok),
+            "errors": {},
+        }
 
     def _ground_truth(self, step: Step, sent: list[list[Any]]) -> None:
         served = http_json(self.url + "/_emulator/served")
@@ -425,8 +555,121 @@ class Bench:
         try:
             short = self.run(kind, capacity.users, "1-tok")
         finally:
-            self.replies(LONG_REPLY)
+            self.replies(a.reply)
         return {"kind": kind, "capacity": capacity, "loads": loads, "short": short}
+
+
+def equal_load(
+    bench: Bench, kinds: list[str], loads: tuple[int, ...]
+) -> list[dict[int, dict[str, Step]]]:
+    """Every kind at every offered load, ``--repeats`` times (each repeat a full pass)."""
+    a = bench.args
+    pace = per_user_events_s(a.ttft_ms, a.decode_tps, a.reply)
+    repeats: list[dict[int, dict[str, Step]]] = []
+    for rep in range(a.repeats):
+        points: dict[int, dict[str, Step]] = {}
+        for load in loads:
+            users = max(1, round(load / pace))
+            print(f"repeat {rep + 1}, {load} events/s offered ({users} users):", flush=True)
+            points[load] = {
+                kind: bench.run(kind, users, f"{load / 1000:g}k")
+                for kind in kinds
+                if kind != "naive" or load <= NAIVE_MAX_LOAD
+            }
+        repeats.append(points)
+    return repeats
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def equal_ratios(points: dict[int, dict[str, Step]]) -> dict[str, float]:
+    """The headline ratios of one repeat (CPU per event at the same offered load)."""
+
+    def us(load: int, kind: str) -> float | None:
+        step = points.get(load, {}).get(kind)
+        return step.us_per_event if step is not None and step.ok and step.deltas else None
+
+    out: dict[str, float] = {}
+    ours_n, naive = us(NAIVE_LOAD, "loadkit"), us(NAIVE_LOAD, "naive")
+    if ours_n and naive:
+        out["loadkit/naive events/s per core"] = naive / ours_n
+    ours, raw, shipped = us(RAW_LOAD, "loadkit"), us(RAW_LOAD, "raw"), us(RAW_LOAD, "messages")
+    if ours and raw:
+        out["loadkit/raw CPU per event"] = ours / raw
+    if ours and shipped:
+        out["messages.py/loadkit CPU per event"] = shipped / ours
+    return out
+
+
+EQ_GOALS = {
+    "loadkit/naive events/s per core": (">=", GOAL_EQ_VS_NAIVE, NAIVE_LOAD),
+    "loadkit/raw CPU per event": ("<=", GOAL_EQ_VS_RAW, RAW_LOAD),
+    "messages.py/loadkit CPU per event": ("<=", GOAL_EQ_SHIPPED, RAW_LOAD),
+}
+
+
+def equal_table(repeats: list[dict[int, dict[str, Step]]]) -> str:
+    """Medians over the repeats of each (load, kind); the range in brackets if repeated."""
+    head = (
+        "| offered events/s | user | users | events/s | req/s | CPU | foreign CPU L/E | "
+        "µs CPU/event | µs CPU/request | events/s per core | CPU/event ÷ raw | ÷ loadkit | "
+        "TTFT err p50 / p99 ms |"
+    )
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for load in repeats[0]:
+        kinds = list(repeats[0][load])
+        raw_us, loadkit_us = (
+            [r[load][k].us_per_event for r in repeats if k in r[load] and r[load][k].ok]
+            for k in ("raw", "loadkit")
+        )
+        for kind in kinds:
+            steps = [r[load][kind] for r in repeats if kind in r[load] and r[load][kind].ok]
+            if not steps:
+                lines.append(f"| {load} | {kind} | failed |" + " |" * 10)
+                continue
+            us = [s.us_per_event for s in steps]
+            spread = f" ({min(us):.1f}-{max(us):.1f})" if len(us) > 1 else ""
+            mid = median(us)
+            errors = [e for s in steps for e in s.ttft_error_ms]
+            cells = [
+                str(load),
+                kind,
+                str(steps[0].users),
+                f"{median([s.eps for s in steps]):.0f}",
+                f"{median([s.rps for s in steps]):.1f}",
+                f"{median([s.util for s in steps]):.0%}",
+                f"{max(s.foreign for s in steps):.2f} / "
+                f"{max(s.foreign_emulator_cpu for s in steps):.2f}",
+                f"{mid:.1f}{spread}",
+                f"{median([s.us_per_request for s in steps]):.0f}",
+                f"{1e6 / mid:.0f}",
+                f"{mid / median(raw_us):.2f}" if raw_us else "-",
+                f"{mid / median(loadkit_us):.2f}" if loadkit_us else "-",
+                f"{fmt(pct(errors, 0.5), 2)} / {fmt(pct(errors, 0.99), 2)}" if errors else "-",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def equal_goals(repeats: list[dict[int, dict[str, Step]]]) -> list[str]:
+    per_repeat = [equal_ratios(points) for points in repeats]
+    out = []
+    for name, (sense, goal, load) in EQ_GOALS.items():
+        values = [r[name] for r in per_repeat if name in r]
+        if not values:
+            continue
+        mid = median(values)
+        met = mid >= goal if sense == ">=" else mid <= goal
+        spread = f" (repeats: {', '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else ""
+        out.append(
+            f"{name} at {load} events/s = {mid:.2f}x{spread} (goal {sense} {goal:g}x): "
+            f"{'met' if met else 'MISSED'}"
+        )
+    return out
 
 
 def marginal_us_per_event(capacity: Step, short: Step) -> float:
@@ -524,7 +767,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ttft-ms", type=float, default=100.0, help="emulator TTFT (fixed)")
     p.add_argument("--decode-tps", type=float, default=600.0, help="emulator decode tokens/s")
     p.add_argument("--warmup", type=float, default=2.5, help="seconds before each window")
-    p.add_argument("--window", type=float, default=6.0, help="measured seconds per step")
+    p.add_argument(
+        "--window",
+        type=float,
+        help="measured seconds per step (default: 8; --quick 4; --capacity 6)",
+    )
     p.add_argument(
         "--load-window",
         type=float,
@@ -555,16 +802,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=330.0,
         help="after this many seconds, no more quiet waits or re-runs",
     )
-    p.add_argument("--quick", action="store_true", help="short windows (a smoke test)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="equal load: the headline points only, shorter windows, one repeat",
+    )
+    p.add_argument("--capacity", action="store_true", help="the capacity procedure (ramp) instead")
+    p.add_argument("--repeats", type=int, help="equal load: passes over every point")
+    p.add_argument(
+        "--loads",
+        type=lambda text: tuple(int(v) for v in text.split(",")),
+        help="equal load: offered events/s, comma-separated (default: "
+        f"{','.join(map(str, LOADS_FULL))}; --quick {','.join(map(str, LOADS_QUICK))})",
+    )
+    p.add_argument(
+        "--reply-tokens",
+        type=int,
+        help="every reply this many tokens (default: 200-400, uniform)",
+    )
     p.add_argument("--out", help="write every step as JSON here")
     args = p.parse_args(argv)
-    args.kinds = args.kinds or list(KINDS)
+    default_kinds = [k for k in KINDS if not args.capacity or k not in EXTERNAL]
+    args.kinds = args.kinds or default_kinds
     unknown = set(args.kinds) - set(KINDS)
     if unknown:
         p.error(f"unknown user kinds: {', '.join(sorted(unknown))}")
+    if args.capacity and set(args.kinds) & EXTERNAL:
+        p.error("the capacity procedure runs the bench users only")
+    args.loads = args.loads or (LOADS_QUICK if args.quick else LOADS_FULL)
+    args.reply = {"kind": "fixed", "value": args.reply_tokens} if args.reply_tokens else LONG_REPLY
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 2
     if args.quick:
-        args.warmup, args.window, args.load_window, args.max_ramp = 2.0, 4.0, 4.0, 2
+        args.warmup, args.load_window, args.max_ramp = 2.0, 4.0, 2
+    if args.window is None:
+        args.window = 4.0 if args.quick else 6.0 if args.capacity else 8.0
     return args
+
+
+def reply_text(reply: dict[str, Any]) -> str:
+    return str(reply["value"]) if reply["kind"] == "fixed" else f"{reply['min']}-{reply['max']}"
 
 
 def machine() -> str:
@@ -577,42 +854,95 @@ def machine() -> str:
     return f"{platform.node()}: {os.cpu_count()} CPUs ({model}), Linux {platform.release()}"
 
 
+def report_equal(
+    args: argparse.Namespace,
+    config: dict[str, Any],
+    repeats: list[dict[int, dict[str, Step]]],
+    steps: list[dict[str, Any]],
+    elapsed: float,
+) -> None:
+    print()
+    print(equal_table(repeats))
+    print()
+    for line in equal_goals(repeats):
+        print(line)
+    print(f"\n{machine()}; total {elapsed:.0f} s")
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "args": vars(args),
+                    "emulator_config": config,
+                    "steps": steps,
+                    "ratios_per_repeat": [equal_ratios(points) for points in repeats],
+                    "table": equal_table(repeats),
+                    "goals": equal_goals(repeats),
+                    "elapsed_s": elapsed,
+                },
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs two CPUs (0 for the emulator, 1 for Locust)")
     os.sched_setaffinity(0, {EMULATOR_CPU})  # this driver mostly waits; keep CPU 1 for Locust
     started = time.monotonic()
-    config = emulator_config(args.ttft_ms, args.decode_tps)
+    config = emulator_config(args.ttft_ms, args.decode_tps, args.reply)
     print(
         f"emulator on CPU {EMULATOR_CPU}: TTFT {args.ttft_ms:g} ms fixed, decode "
-        f"{args.decode_tps:g} tok/s, replies 200-400 tokens, 3 tokens/delta; "
+        f"{args.decode_tps:g} tok/s, replies {reply_text(args.reply)} tokens, 3 tokens/delta; "
         f"Locust on CPU {LOCUST_CPU}; windows {args.window:g} s after {args.warmup:g} s",
         flush=True,
     )
-    results: dict[str, dict[str, Any]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp,
         EmulatorProcess(config=config, seed=1, cpu=EMULATOR_CPU) as emulator,
     ):
         assert emulator.process is not None
         bench = Bench(args, emulator.base_url, emulator.process.pid, Path(tmp))
-        for kind in args.kinds:
-            results[kind] = bench.kind(kind)
-        ours, raw = results.get("loadkit"), results.get("raw")
-        if ours and raw and not ours.get("failed") and not raw.get("failed"):
-            # The TTFT error the machine and the emulator alone cause at loadkit's 50% load:
-            # the floor user, same user count, hence the same request and event rates.
-            print("raw at loadkit's 50% load:", flush=True)
-            users = ours["loads"][0.5].users
-            raw["at_loadkit_50"] = bench.run("raw", users, "lk-50%", args.load_window)
+        if args.capacity:
+            results = capacity_steps(bench, args)
+        else:
+            repeats = equal_load(bench, args.kinds, args.loads)
         steps = [s.as_dict() for s in bench.steps]
+    elapsed = time.monotonic() - started
+    if args.capacity:
+        report_capacity(args, config, results, steps, elapsed)
+    else:
+        report_equal(args, config, repeats, steps, elapsed)
+
+
+def capacity_steps(bench: Bench, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    for kind in args.kinds:
+        results[kind] = bench.kind(kind)
+    ours, raw = results.get("loadkit"), results.get("raw")
+    if ours and raw and not ours.get("failed") and not raw.get("failed"):
+        # The TTFT error the machine and the emulator alone cause at loadkit's 50% load:
+        # the floor user, same user count, hence the same request and event rates.
+        print("raw at loadkit's 50% load:", flush=True)
+        users = ours["loads"][0.5].users
+        raw["at_loadkit_50"] = bench.run("raw", users, "lk-50%", args.load_window)
+    return results
+
+
+def report_capacity(
+    args: argparse.Namespace,
+    config: dict[str, Any],
+    results: dict[str, dict[str, Any]],
+    steps: list[dict[str, Any]],
+    elapsed: float,
+) -> None:
     print()
     print(table(results))
     print()
     for line in goals(results):
         print(line)
-    elapsed = time.monotonic() - started
     print(f"\n{machine()}; total {elapsed:.0f} s")
     if args.out:
         Path(args.out).write_text(
