@@ -1,0 +1,61 @@
+"""docker-compose.yml builds loadkit's image once and runs it as the emulator, master and workers.
+
+No Docker engine runs here, so the file is read as Compose reads it (YAML with its merge keys
+resolved) and checked against the Compose specification's rules for ``build``, ``image`` and
+``pull_policy`` (docs.docker.com/reference/compose-file/build, "Using build and image", and
+services, "pull_policy"): a service with both ``build`` and ``image`` tags what it builds with
+that image name; ``pull_policy: build`` builds instead of first trying to pull; ``never`` uses
+the local image only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADKIT_SERVICES = ("emulator", "master", "worker")
+
+
+def _services() -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    return services
+
+
+def test_compose_builds_the_image_once() -> None:
+    services = _services()
+    builders = [name for name, service in services.items() if "build" in service]
+    assert len(builders) == 1, f"one service builds loadkit's image, not {builders}"
+    (builder,) = builders
+    image = services[builder]["image"]
+    assert image.startswith("loadkit:"), image
+    # Built, never pulled: no registry holds this tag.
+    assert services[builder]["pull_policy"] == "build"
+    assert services[builder]["build"] in (".", {"context": "."})
+    for name in LOADKIT_SERVICES:
+        assert services[name]["image"] == image, name
+        if name != builder:
+            assert services[name]["pull_policy"] == "never", name
+    # Every service that runs loadkit's commands runs that image.
+    for name, service in services.items():
+        command = service.get("command") or [""]
+        if command[0] in ("locust", "loadkit"):
+            assert service["image"] == image, name
+    # Compose starts containers after it has built every image: the services that use the image
+    # without building it need nothing else. The master and workers also wait for the emulator.
+    assert services["master"]["depends_on"]["emulator"]["condition"] == "service_healthy"
+    assert "master" in services["worker"]["depends_on"]
+
+
+def test_master_healthcheck_passes_behind_web_auth() -> None:
+    """With LOADKIT_WEB_AUTH set every page answers 401, so the master's health is a TCP connect
+    to the web UI's port, not an HTTP GET that raises on 401 and would hold the workers back."""
+    services = _services()
+    test = services["master"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    assert "create_connection(('localhost', 8089)" in test[3]
+    assert "urlopen" not in test[3]
+    assert any(port.endswith(":8089:8089") for port in services["master"]["ports"])
+    assert "LOADKIT_WEB_AUTH" in services["master"]["environment"]
