@@ -1,5 +1,10 @@
 """Validation of a Messages request's prompt, its token count, and its cache breakpoints.
 
+Cache breakpoints follow the prompt caching page (platform.claude.com/docs/en/build-with-claude/
+prompt-caching, as of 2026-11): explicit ``cache_control`` on tools, system and message blocks,
+at most 4; a top-level ``cache_control`` (automatic caching) marks the last block and takes one
+of the 4 slots; longer TTLs must come before shorter ones ("Mixing different TTLs").
+
 Token counting approximation (documented in the README): every text is ceil(UTF-8 bytes / 4)
 tokens; each message adds 4 tokens of framing, a system prompt 3, each tool its JSON size / 4
 plus 10, each image 1,600, and every request 3. ``count_tokens``, ``usage.input_tokens`` and
@@ -21,6 +26,8 @@ SYSTEM_OVERHEAD = 3
 TOOL_OVERHEAD = 10
 IMAGE_TOKENS = 1600
 LONG_TTL = "1h"
+MAX_BREAKPOINTS = 4
+LOOKBACK_BLOCKS = 20
 
 
 def text_tokens(text: str) -> int:
@@ -32,6 +39,9 @@ class Breakpoint:
     tokens: int  # tokens of the prefix up to and including the marked block
     digest: bytes  # identity of that prefix
     long_ttl: bool
+    # (tokens, digest) of the prefixes ending at the blocks before it, nearest last: where a
+    # cache hit is also looked for ("20-block lookback window")
+    earlier: list[tuple[int, bytes]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -47,25 +57,59 @@ class _Walker:
         self.tokens = REQUEST_OVERHEAD
         self.hasher = hashlib.blake2b(cache_key, digest_size=16) if cache_key is not None else None
         self.breakpoints: list[Breakpoint] = []
+        self.last_block = ""
+        self.last_marked = False  # the last block fed has its own cache_control
+        self.boundaries: list[tuple[int, bytes]] = []  # (tokens, digest) after each block
 
     def feed(self, tokens: int, identity: bytes, block: dict[str, Any] | None, where: str) -> None:
         self.tokens += tokens
+        self.last_block = where
+        self.last_marked = False
         if self.hasher is None:
             return
         self.hasher.update(identity)
+        self.boundaries.append((self.tokens, self.hasher.copy().digest()))
         marker = block.get("cache_control") if block is not None else None
         if marker is None:
             return
-        if not isinstance(marker, dict) or marker.get("type") != "ephemeral":
-            raise invalid(f'{where}.cache_control: expected {{"type": "ephemeral"}}')
-        ttl = marker.get("ttl", "5m")
-        if ttl not in ("5m", LONG_TTL):
-            raise invalid(f"{where}.cache_control.ttl: must be '5m' or '1h', got {ttl!r}")
-        if len(self.breakpoints) == 4:
+        self.mark(_ttl_is_long(marker, f"{where}.cache_control"))
+        self.last_marked = True
+
+    def mark(self, long_ttl: bool) -> None:
+        """A breakpoint at the end of what has been fed so far."""
+        assert self.hasher is not None
+        if len(self.breakpoints) == MAX_BREAKPOINTS:
             raise invalid("A maximum of 4 blocks with cache_control may be provided.")
-        self.breakpoints.append(
-            Breakpoint(self.tokens, self.hasher.copy().digest(), ttl == LONG_TTL)
-        )
+        if long_ttl and self.breakpoints and not self.breakpoints[-1].long_ttl:
+            raise invalid(
+                f"{self.last_block}.cache_control.ttl: a '1h' cache_control may not come after a "
+                "'5m' one; longer TTLs must come before shorter ones"
+            )
+        earlier = self.boundaries[-LOOKBACK_BLOCKS:-1]
+        digest = self.hasher.copy().digest()
+        self.breakpoints.append(Breakpoint(self.tokens, digest, long_ttl, earlier))
+
+    def mark_automatic(self, marker: Any) -> None:
+        """Top-level ``cache_control``: a breakpoint on the last block, unless that block
+        already has one with the same TTL."""
+        long_ttl = _ttl_is_long(marker, "cache_control")
+        if self.last_marked:
+            if self.breakpoints[-1].long_ttl != long_ttl:
+                raise invalid(
+                    f"cache_control: the last block ({self.last_block}) already has a "
+                    "cache_control with another TTL"
+                )
+            return
+        self.mark(long_ttl)
+
+
+def _ttl_is_long(marker: Any, where: str) -> bool:
+    if not isinstance(marker, dict) or marker.get("type") != "ephemeral":
+        raise invalid(f'{where}: expected {{"type": "ephemeral"}}')
+    ttl = marker.get("ttl", "5m")
+    if ttl not in ("5m", LONG_TTL):
+        raise invalid(f"{where}.ttl: must be '5m' or '1h', got {ttl!r}")
+    return bool(ttl == LONG_TTL)
 
 
 def _block_tokens(block: Any, where: str) -> tuple[int, bytes]:
@@ -133,4 +177,7 @@ def analyse_prompt(body: dict[str, Any], cache_key: bytes | None) -> Prompt:
         if walker.hasher is not None:
             walker.hasher.update(b"\x00" + role.encode())
         _feed_content(walker, message["content"], f"{where}.content")
+    automatic = body.get("cache_control")
+    if automatic is not None and walker.hasher is not None:
+        walker.mark_automatic(automatic)
     return Prompt(walker.tokens, walker.breakpoints)

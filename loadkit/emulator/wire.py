@@ -62,6 +62,10 @@ def usage(plan: Plan, speed: str, output_tokens: int) -> dict[str, Any]:
         "input_tokens": plan.input_tokens,
         "cache_creation_input_tokens": plan.cache.creation_tokens,
         "cache_read_input_tokens": plan.cache.read_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": plan.cache.creation_5m_tokens,
+            "ephemeral_1h_input_tokens": plan.cache.creation_1h_tokens,
+        },
         "output_tokens": output_tokens,
         "service_tier": "standard",
         "speed": speed,
