@@ -58,12 +58,17 @@ def cost_usd(
     cache_read_tokens: int = 0,
     cache_creation_tokens: int = 0,
     cache_ttl: str = "5m",
+    cache_creation_1h_tokens: int = 0,
+    cache_creation_5m_tokens: int = 0,
 ) -> float:
     """Estimated price of one request, from the published per-MTok prices.
 
     Fast mode is 6x; prompts over 200K input tokens pay long-context prices (input 2x,
     output 1.5x), so fast above 200K is $60/$225 on Opus 4.6; cache writes cost 1.25x
-    (1h: 2x) of input and reads 0.1x. Unknown models cost 0.
+    (1h: 2x) of input and reads 0.1x (pricing page, "Prompt caching" multipliers, as of
+    2026-11). When the server split the writes by TTL (``usage.cache_creation``: the 5m and
+    1h parts add up to ``cache_creation_tokens``), each part is priced at its own rate;
+    otherwise all writes are priced at ``cache_ttl``'s. Unknown models cost 0.
     """
     info = model_info(model)
     if info is None:
@@ -76,9 +81,14 @@ def cost_usd(
     if speed == "fast":
         input_price *= FAST_PRICE_MULTIPLIER
         output_price *= FAST_PRICE_MULTIPLIER
-    billed_input = (
-        input_tokens
-        + cache_creation_tokens * CACHE_WRITE_MULTIPLIER[cache_ttl]
-        + cache_read_tokens * CACHE_READ_MULTIPLIER
-    )
+    if cache_creation_tokens and cache_creation_5m_tokens + cache_creation_1h_tokens == (
+        cache_creation_tokens
+    ):
+        writes = (
+            cache_creation_5m_tokens * CACHE_WRITE_MULTIPLIER["5m"]
+            + cache_creation_1h_tokens * CACHE_WRITE_MULTIPLIER["1h"]
+        )
+    else:
+        writes = cache_creation_tokens * CACHE_WRITE_MULTIPLIER[cache_ttl]
+    billed_input = input_tokens + writes + cache_read_tokens * CACHE_READ_MULTIPLIER
     return (billed_input * input_price + output_tokens * output_price) / 1_000_000

@@ -484,6 +484,8 @@ class StreamingClient:
             record.cache_read_input_tokens,
             record.cache_creation_input_tokens,
             spec.cache_ttl,
+            record.cache_creation_1h_input_tokens,
+            record.cache_creation_5m_input_tokens,
         )
         if record.attempts and record.t_first_token:
             serving = record.attempts[-1]
@@ -530,9 +532,31 @@ def _take_usage(record: ResultRecord, usage: Any) -> None:
             record.bad_usage = f"usage.{name} is {value!r}, not a whole number of tokens"
             continue
         setattr(record, name, value)
+    split = usage.get("cache_creation")
+    if split is not None:
+        _take_cache_creation(record, split)
     speed = usage.get("speed")
     if speed:
         if speed in SPEEDS:
             record.served_speed = speed
         else:
             record.bad_usage = f"usage.speed is {speed!r}, not one of {', '.join(SPEEDS)}"
+
+
+CACHE_CREATION_COUNTS = (
+    ("ephemeral_5m_input_tokens", "cache_creation_5m_input_tokens"),
+    ("ephemeral_1h_input_tokens", "cache_creation_1h_input_tokens"),
+)
+
+
+def _take_cache_creation(record: ResultRecord, split: Any) -> None:
+    """``usage.cache_creation``: the cache writes by TTL, each priced at its own rate."""
+    if not isinstance(split, dict):
+        record.bad_usage = f"usage.cache_creation is {split!r}, not an object"
+        return
+    for name, attribute in CACHE_CREATION_COUNTS:
+        value = split.get(name, 0)
+        if type(value) is not int or not 0 <= value <= MAX_USAGE_TOKENS:
+            record.bad_usage = f"usage.cache_creation.{name} is {value!r}, not a whole number"
+            continue
+        setattr(record, attribute, value)

@@ -63,6 +63,9 @@ class ResultRecord:
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    # usage.cache_creation's split of the writes by TTL (both 0 when the server gave none)
+    cache_creation_5m_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
     rate_limits: dict[str, str] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
     fell_back: bool = False
@@ -80,6 +83,7 @@ class ResultRecord:
         self.outcome = Outcome.OK
         self.input_tokens = self.output_tokens = 0
         self.cache_read_input_tokens = self.cache_creation_input_tokens = 0
+        self.cache_creation_5m_input_tokens = self.cache_creation_1h_input_tokens = 0
         self.bad_usage = None
 
     @property
