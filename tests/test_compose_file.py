@@ -10,6 +10,7 @@ the local image only.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,21 @@ def test_master_healthcheck_passes_behind_web_auth() -> None:
     assert "urlopen" not in test[3]
     assert any(port.endswith(":8089:8089") for port in services["master"]["ports"])
     assert "LOADKIT_WEB_AUTH" in services["master"]["environment"]
+
+
+def test_documented_commands_set_what_the_file_requires() -> None:
+    """`${VAR:?message}` makes every `docker compose` command fail while VAR is unset: each
+    place that shows `docker compose up` sets every such variable before it."""
+    compose_text = (ROOT / "docker-compose.yml").read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", compose_text))
+    assert {"INFLUXDB_TOKEN", "LOADKIT_EMULATOR_CONTROL_TOKEN"} <= required
+    documents = [ROOT / "docker-compose.yml", ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    shown = 0
+    for document in documents:
+        text = document.read_text()
+        for match in re.finditer(r"docker compose up", text):
+            shown += 1
+            before = text[: match.start()]
+            missing = [name for name in required if f"{name}=$(" not in before]
+            assert not missing, f"{document.name}: `docker compose up` without {missing}"
+    assert shown >= 3
