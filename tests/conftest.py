@@ -10,7 +10,8 @@ import pytest
 
 from loadkit.emulator.launcher import EmulatorProcess
 
-# Quick models for tests: short TTFT, fast decode, no jitter unless a test asks for it.
+# Quick models for tests: short TTFT, fast decode, no jitter unless a test asks for it, and
+# fast mode a constant 2.5x (tests/test_fast_speed.py draws it from a distribution).
 QUICK_MODELS: dict[str, Any] = {
     name: {
         "ttft_base_ms": 40,
@@ -18,6 +19,8 @@ QUICK_MODELS: dict[str, Any] = {
         "decode_tokens_per_s": 400,
         "ttft_jitter": 0.0,
         "decode_jitter": 0.0,
+        "fast_decode_multiplier": 2.5,
+        "fast_decode_spread": 0.0,
     }
     for name in ("claude-opus-4-6", "claude-sonnet-4-6", "claude-sonnet-4-5", "claude-haiku-4-5")
 }

@@ -167,6 +167,7 @@ def test_distributed_run_merges_counts_and_sketches(tmp_path: Path) -> None:
 @pytest.mark.parametrize("speed", ["standard", "fast"])
 def test_ttft_and_otps_accuracy_through_locust(tmp_path: Path, speed: str) -> None:
     fixed = {"ttft_base_ms": 100, "decode_tokens_per_s": 50, "ttft_jitter": 0, "decode_jitter": 0}
+    fixed |= {"fast_decode_multiplier": 2.5, "fast_decode_spread": 0.0}  # a constant speed-up
     emulator_config = {
         "models": {"claude-opus-4-6": fixed},
         "output_tokens": {"kind": "fixed", "value": 40},

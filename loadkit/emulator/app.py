@@ -61,8 +61,14 @@ class Emulator:
                 counters.api_error += 1
             self._send_error(conn, ApiError(500, "api_error", "emulator internal error"))
 
-    def _send_error(self, conn: Connection, err: ApiError, request_id: str | None = None) -> None:
-        wire.send_error(conn, err, request_id or self.service.new_id("req"))
+    def _send_error(
+        self,
+        conn: Connection,
+        err: ApiError,
+        request_id: str | None = None,
+        organization_id: str | None = None,
+    ) -> None:
+        wire.send_error(conn, err, request_id or self.service.new_id("req"), organization_id)
 
     def _refused(self, conn: Connection, request: Request) -> None:
         """A request refused while being read (too large, too slow, malformed)."""
@@ -104,8 +110,8 @@ class Emulator:
             self.messages(conn, request)
         elif path == "/v1/messages/count_tokens":
             validation.require_method(method, "POST")
-            auth.api_key(request, self.service.config.api_keys)
-            self.count_tokens(conn, request)
+            key = auth.api_key(request, self.service.config.api_keys)
+            self.count_tokens(conn, request, key)
         elif path == "/v1/models" or path.startswith("/v1/models/"):
             validation.require_method(method, "GET")
             auth.api_key(request, self.service.config.api_keys)
@@ -122,12 +128,15 @@ class Emulator:
         service = self.service
         request_id = service.new_id("req")
         model, speed = "unknown", "standard"
+        organization: str | None = None  # the key's organization, once the key is known
         try:
             validation.require_method(request.method, "POST")
             key = auth.api_key(request, service.config.api_keys)
+            organization = service.organization_id
             body = validation.parse_body(request, service.max_json_depth)
             runtime = validation.model(body, service.model_ids)
             model = runtime.name
+            auth.model_allowed(key, model, service.config.api_key_models)
             speed = validation.speed(body, request, runtime)
             max_tokens, stream = validation.sampling(body, runtime)
             cache_key = None
@@ -140,11 +149,11 @@ class Emulator:
             counters = self.stats.counters(model, speed)
             counters.received += 1
             self._counted = True
-            if err.status == 401:
+            if err.status in (401, 403):
                 counters.unauthorized += 1
             else:
                 counters.invalid += 1
-            self._send_error(conn, err, request_id)
+            self._send_error(conn, err, request_id, organization)
             return
 
         counters = self.stats.counters(model, speed)
@@ -163,18 +172,20 @@ class Emulator:
             window - prompt.tokens,
         )
 
-    def count_tokens(self, conn: Connection, request: Request) -> None:
-        body = validation.parse_body(request, self.service.max_json_depth)
-        validation.model(body, self.service.model_ids)
+    def count_tokens(self, conn: Connection, request: Request, key: str) -> None:
+        service = self.service
+        body = validation.parse_body(request, service.max_json_depth)
+        runtime = validation.model(body, service.model_ids)
+        auth.model_allowed(key, runtime.name, service.config.api_key_models)
         prompt = analyse_prompt(body, None)
-        headers = [("request-id", self.service.new_id("req"))]
+        headers = wire.id_headers(service.new_id("req"), service.organization_id)
         wire.send_json(conn, 200, {"input_tokens": prompt.tokens}, headers)
 
     def list_models(self, conn: Connection, request: Request, model_id: str | None) -> None:
         """``GET /v1/models`` (newest first, paged by ``limit``, ``after_id``, ``before_id``)
         and ``GET /v1/models/{model_id}``, where the ID may be a dated ID or an alias."""
         service = self.service
-        headers = [("request-id", service.new_id("req"))]
+        headers = wire.id_headers(service.new_id("req"), service.organization_id)
         if model_id is not None:
             runtime = service.model_ids.get(model_id)
             if runtime is None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 
 from loadkit.emulator.errors import ApiError, invalid
 from loadkit.emulator.http import Request
@@ -24,6 +24,21 @@ def api_key(request: Request, allowed: Collection[str] | None) -> str:
     if "anthropic-version" not in request.headers:
         raise invalid("anthropic-version: header is required")
     return key
+
+
+def model_allowed(key: str, model: str, key_models: Mapping[str, Sequence[str]] | None) -> None:
+    """403 ``permission_error`` when ``key_models`` lists the key without ``model``: "Your
+    API key does not have permission to use the specified resource" (errors page, "HTTP
+    errors", platform.claude.com/docs/en/api/errors, as of 2026-11)."""
+    if key_models is None:
+        return
+    models = key_models.get(key)
+    if models is not None and model not in models:
+        raise ApiError(
+            403,
+            "permission_error",
+            f"Your API key does not have permission to use the specified resource ({model}).",
+        )
 
 
 def require_control_token(request: Request, token: bytes | None) -> None:

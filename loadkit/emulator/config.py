@@ -33,6 +33,8 @@ MAX_PER_MINUTE = 1e12  # rate limits
 MAX_MS = 600_000.0  # ten minutes
 MAX_NAMES = 1000  # models, rate-limit classes
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+KeyName = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+ModelList = Annotated[list[Name], Field(max_length=MAX_NAMES)]
 
 
 class _Strict(BaseModel):
@@ -66,7 +68,18 @@ class ModelProfile(_Strict):
         default=0.10, ge=0, le=2, description="sigma of a mean-1 log-normal factor on decode"
     )
     fast_supported: bool = False
-    fast_decode_multiplier: float = Field(default=2.5, ge=0.01, le=100)
+    # Fast mode's decode speed-up over standard, drawn per request: normal with mean
+    # fast_decode_multiplier and standard deviation fast_decode_spread, clipped to
+    # [fast_decode_min, fast_decode_max]. The fast mode page promises "up to 2.5x" output
+    # tokens per second; a mean below that is loadkit's assumption.
+    fast_decode_multiplier: float = Field(
+        default=2.0, ge=0.01, le=100, description="mean fast speed-up"
+    )
+    fast_decode_spread: float = Field(
+        default=0.25, ge=0, le=100, description="standard deviation; 0: always the mean"
+    )
+    fast_decode_min: float = Field(default=1.0, ge=0.01, le=100)
+    fast_decode_max: float = Field(default=2.5, ge=0.01, le=100)
     min_cacheable_tokens: int = Field(default=1024, ge=1, le=MAX_COUNT)
     max_output_tokens: int = Field(
         default=64_000, ge=1, le=MAX_COUNT, description="largest max_tokens accepted"
@@ -89,6 +102,16 @@ class ModelProfile(_Strict):
     max_queue: int = Field(
         default=2000, ge=0, le=MAX_COUNT, description="waiting beyond it gets 529"
     )
+
+    @model_validator(mode="after")
+    def _speedup_in_range(self) -> ModelProfile:
+        low, mean, high = self.fast_decode_min, self.fast_decode_multiplier, self.fast_decode_max
+        if not low <= mean <= high:
+            raise ValueError(
+                f"fast_decode_multiplier ({mean:g}) must lie within fast_decode_min ({low:g}) "
+                f"and fast_decode_max ({high:g})"
+            )
+        return self
 
 
 class RateLimit(_Strict):
@@ -259,6 +282,17 @@ class EmulatorConfig(_Strict):
         description="per-request ground truth kept for /_emulator/served",
     )
     http: HttpLimits = Field(default_factory=HttpLimits)
+    organization_id: str = Field(
+        default="4f1d2c3b-0a9e-4e7d-8c6b-5a4f3e2d1c0b",
+        min_length=1,
+        max_length=200,
+        description="sent as the anthropic-organization-id header of every API response",
+    )
+    api_key_models: dict[KeyName, ModelList] | None = Field(
+        default=None,
+        max_length=10_000,
+        description="models each listed key may use (others get 403); unlisted keys: all",
+    )
 
     @model_validator(mode="after")
     def _classes_exist(self) -> EmulatorConfig:
@@ -266,6 +300,13 @@ class EmulatorConfig(_Strict):
         clash = {s for s in snapshots if s in self.models or snapshots.count(s) > 1}
         if clash:
             raise ValueError(f"models: snapshot_id {sorted(clash)[0]!r} names two models")
+        for allowed in (self.api_key_models or {}).values():
+            unknown = sorted(set(allowed) - set(self.models))
+            if unknown:
+                raise ValueError(
+                    f"api_key_models: a key's list names {unknown[0]!r}, not a key of models "
+                    "(list models by their alias)"
+                )
         for name, profile in self.models.items():
             if profile.rate_limit_class not in self.rate_limits:
                 raise ValueError(

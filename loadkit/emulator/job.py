@@ -33,6 +33,8 @@ class JobHost(Protocol):
     def delta_chunks(self) -> sse.DeltaChunks: ...
     @property
     def tokens_per_delta(self) -> int: ...
+    @property
+    def organization_id(self) -> str: ...
     def new_id(self, prefix: str) -> str: ...
     def job_ended(self, job: Job, outcome: str) -> None: ...
 
@@ -152,7 +154,9 @@ class Job:
         limits = host.limits.headers(
             self.runtime.profile.rate_limit_class, self.speed, host.loop.time()
         )
-        return wire.response_headers(self.request_id, limits, self.plan, queue_ms)
+        return wire.response_headers(
+            self.request_id, host.organization_id, limits, self.plan, queue_ms
+        )
 
     def begin_service(self) -> None:
         """A slot is ours: send the head of the response, then schedule the first token."""
@@ -231,9 +235,8 @@ class Job:
             self.conn.cut()
             return
         if plan.fault == "midstream_error":
-            wire.send_error(
-                self.conn, ApiError(529, "overloaded_error", "Overloaded"), self.request_id
-            )
+            overloaded = ApiError(529, "overloaded_error", "Overloaded")
+            wire.send_error(self.conn, overloaded, self.request_id, self.host.organization_id)
             self.end("overloaded")
             return
         self.sent_tokens = plan.output_tokens

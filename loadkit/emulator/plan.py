@@ -63,7 +63,7 @@ def draw_plan(
     ) * _jitter(rng, profile.ttft_jitter)
     decode = profile.decode_tokens_per_s * _jitter(rng, profile.decode_jitter)
     if speed == "fast":
-        decode *= profile.fast_decode_multiplier
+        decode *= _speedup(rng, profile)
     wanted = max(1, output_tokens.sample(rng))
     served_tokens = min(wanted, max_tokens)
     stop_reason = "max_tokens" if wanted >= max_tokens else "end_turn"
@@ -72,6 +72,17 @@ def draw_plan(
         served_tokens, stop_reason = max(1, context_room), "model_context_window_exceeded"
     fault_at = rng.randint(1, max(1, served_tokens - 1)) if fault else 0
     return Plan(uncached, cache, served_tokens, stop_reason, ttft_s, decode, fault, fault_at)
+
+
+def _speedup(rng: random.Random, profile: ModelProfile) -> float:
+    """Fast mode's multiplier of decode speed for one request: "up to 2.5x higher output
+    tokens per second" (fast mode page, platform.claude.com/docs/en/build-with-claude/
+    fast-mode, "How fast mode works", as of 2026-11), drawn around its configured mean."""
+    mean, spread = profile.fast_decode_multiplier, profile.fast_decode_spread
+    if spread == 0:
+        return mean
+    draw = rng.gauss(mean, spread)
+    return min(profile.fast_decode_max, max(profile.fast_decode_min, draw))
 
 
 def _jitter(rng: random.Random, sigma: float) -> float:

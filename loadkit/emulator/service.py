@@ -54,6 +54,7 @@ class Service:
         settings.idle_timeout_s = http.idle_timeout_s
         self.max_json_depth = http.max_json_depth
         self.tokens_per_delta = config.tokens_per_delta
+        self.organization_id = config.organization_id
         self.delta_chunks = sse.DeltaChunks(config.tokens_per_delta)
         for name, profile in config.models.items():
             runtime = self.models.get(name)
@@ -166,7 +167,7 @@ class Service:
     ) -> None:
         setattr(counters, outcome, getattr(counters, outcome) + 1)
         self.log_rejection(request_id, runtime.name, speed, outcome)
-        headers = [("request-id", request_id)]
+        headers = wire.id_headers(request_id, self.organization_id)
         headers.extend(
             self.limits.headers(runtime.profile.rate_limit_class, speed, self.loop.time())
         )
@@ -187,7 +188,8 @@ class Service:
         self.log_rejection(request_id, runtime.name, speed, "rate_limited")
         message = wire.rate_limit_message(limited, speed)
         retry_after = wire.retry_after(limited.wait_s, self.config.fractional_retry_after)
-        headers = [("request-id", request_id), ("retry-after", retry_after)]
+        headers = wire.id_headers(request_id, self.organization_id)
+        headers.append(("retry-after", retry_after))
         headers.extend(self.limits.headers(runtime.profile.rate_limit_class, speed, now))
         body = sse.error_body("rate_limit_error", message, request_id)
         wire.send_json(conn, 429, body, headers)
@@ -199,9 +201,8 @@ class Service:
             job.client_gone()
             return
         if not job.runtime.start_or_queue(job):
-            wire.send_error(
-                job.conn, ApiError(529, "overloaded_error", "Overloaded"), job.request_id
-            )
+            overloaded = ApiError(529, "overloaded_error", "Overloaded")
+            wire.send_error(job.conn, overloaded, job.request_id, self.organization_id)
             job.end("overloaded")
 
     def job_ended(self, job: Job, outcome: str) -> None:

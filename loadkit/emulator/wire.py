@@ -24,16 +24,28 @@ def send_json(conn: Connection, status: int, body: Any, headers: Headers) -> Non
     conn.respond(status, headers, sse.dumps(body))
 
 
-def send_error(conn: Connection, err: ApiError, request_id: str) -> None:
-    headers = [("request-id", request_id), ("content-type", JSON)]
+def id_headers(request_id: str, organization_id: str | None) -> Headers:
+    """``request-id`` and, once the API key is known, ``anthropic-organization-id``: "every
+    response" carries both (API overview, "Response headers", platform.claude.com/docs/en/api/
+    overview, as of 2026-11)."""
+    if organization_id is None:
+        return [("request-id", request_id)]
+    return [("request-id", request_id), ("anthropic-organization-id", organization_id)]
+
+
+def send_error(
+    conn: Connection, err: ApiError, request_id: str, organization_id: str | None = None
+) -> None:
+    headers = id_headers(request_id, organization_id)
+    headers.append(("content-type", JSON))
     send_json(conn, err.status, sse.error_body(err.error_type, err.message, request_id), headers)
 
 
 def response_headers(
-    request_id: str, limit_headers: Headers, plan: Plan, queue_ms: float
+    request_id: str, organization_id: str, limit_headers: Headers, plan: Plan, queue_ms: float
 ) -> Headers:
     """A served request's headers, with the emulator's own ``x-emulator-*`` timing plan."""
-    headers = [("request-id", request_id)]
+    headers = id_headers(request_id, organization_id)
     headers.extend(limit_headers)
     headers.append(("x-emulator-queue-ms", f"{queue_ms:.3f}"))
     headers.append(("x-emulator-ttft-ms", f"{queue_ms + plan.ttft_s * 1000.0:.3f}"))
