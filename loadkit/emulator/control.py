@@ -6,10 +6,16 @@ the harness reads stats for its accounting), ``GET config`` (it lists the accept
 --control-token`` or ``LOADKIT_EMULATOR_CONTROL_TOKEN``) the last three need
 ``Authorization: Bearer <token>`` or ``x-loadkit-control-token: <token>``; without it they get
 401 ``authentication_error``. The token is never logged or echoed.
+
+With ``--processes N`` (``cluster`` set), stats and served answer for every process (stats
+also list each one's totals under ``processes``) and config and reset reach every process
+before they are answered; see ``loadkit.emulator.cluster``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from loadkit.emulator import auth, jsonbody, sse, wire
@@ -18,6 +24,9 @@ from loadkit.emulator.errors import ApiError, invalid
 from loadkit.emulator.http import Connection, Request, chunk
 from loadkit.emulator.service import Service
 from loadkit.emulator.stats import served_dict
+
+if TYPE_CHECKING:
+    from loadkit.emulator.cluster import Cluster
 
 SERVED_BATCH = 256  # records per chunk of GET /_emulator/served (a few ms of encoding)
 # Control endpoints any client may read, with or without a control token.
@@ -28,6 +37,7 @@ class Control:
     def __init__(self, service: Service, control_token: str | None) -> None:
         self.service = service
         self._token = control_token.encode() if control_token else None
+        self.cluster: Cluster | None = None  # set in each process of a --processes emulator
 
     def handle(self, conn: Connection, request: Request, action: str) -> None:
         method = request.method
@@ -35,6 +45,8 @@ class Control:
             auth.require_control_token(request, self._token)
         service = self.service
         headers: wire.Headers = []
+        if self.cluster is not None and self._clustered(conn, request, action):
+            return
         if action == "stats" and method == "GET":
             snapshot = service.stats.snapshot()
             snapshot["connections_opened"] = Connection.opened
@@ -59,6 +71,43 @@ class Control:
         else:
             raise ApiError(404, "not_found_error", f"Not found: {method} /_emulator/{action}")
 
+    def _clustered(self, conn: Connection, request: Request, action: str) -> bool:
+        """Answers (later) what every process must answer; False for what this one can."""
+        cluster = self.cluster
+        assert cluster is not None
+        method = request.method
+        if action == "stats" and method == "GET":
+
+            async def stats() -> tuple[Any, wire.Headers]:
+                return await cluster.stats(), []
+
+            cluster.answer(conn, stats)
+        elif action == "served" and method == "GET":
+            query = dict(parse_qsl(request.query))
+            request_id = query.get("request_id")
+            offset, limit = _query_int(query, "offset") or 0, _query_int(query, "limit")
+
+            async def served() -> None:
+                try:
+                    records, total = await cluster.served(request_id, offset, limit)
+                except ApiError as err:
+                    wire.send_error(conn, err, self.service.new_id("req"))
+                    return
+                self._send_records(conn, records, total)
+
+            cluster.spawn(served())
+        elif action in ("config", "reset") and method == "POST":
+            body = request.body
+
+            async def lead() -> tuple[Any, wire.Headers]:
+                result = await cluster.lead(action, body)
+                return result.get("config", result), []
+
+            cluster.answer(conn, lead)
+        else:
+            return False
+        return True
+
     def _served(self, conn: Connection, request: Request) -> None:
         """``GET /_emulator/served``: a JSON list of records, oldest first. ``?request_id=``
         finds one; ``?offset=&limit=`` gives a page (header ``x-emulator-served-total``
@@ -73,12 +122,21 @@ class Control:
         else:
             offset = _query_int(query, "offset") or 0
             records = stats.served_slice(offset, _query_int(query, "limit"))
+        self._send_records(conn, records, len(stats.served), served_dict)
+
+    def _send_records(
+        self,
+        conn: Connection,
+        records: Sequence[Any],
+        total: int,
+        as_dict: Callable[[Any], dict[str, Any]] = dict,
+    ) -> None:
         headers = [
-            ("x-emulator-served-total", str(len(stats.served))),
+            ("x-emulator-served-total", str(total)),
             ("content-type", wire.JSON),
         ]
         if len(records) <= SERVED_BATCH:
-            wire.send_json(conn, 200, [served_dict(r) for r in records], headers)
+            wire.send_json(conn, 200, [as_dict(r) for r in records], headers)
             return
         conn.write(conn.stream_head(headers))
         position = 0
@@ -90,7 +148,7 @@ class Control:
             if conn.closed:
                 return
             batch = records[position : position + SERVED_BATCH]
-            inner = dumps([served_dict(r) for r in batch])[1:-1]
+            inner = dumps([as_dict(r) for r in batch])[1:-1]
             piece = (b"[" if position == 0 else b",") + inner
             position += SERVED_BATCH
             if position >= len(records):

@@ -175,8 +175,10 @@ class Connection(asyncio.Protocol):
         handler: Handler,
         settings: HttpSettings | None = None,
         counters: HttpCounters | None = None,
+        counted: bool = True,
     ) -> None:
-        Connection.opened += 1
+        if counted:  # a sibling process's connection (--processes) is not a client's
+            Connection.opened += 1
         self.handler = handler
         self.settings = settings or HttpSettings()
         self.counters = counters or HttpCounters()
@@ -216,7 +218,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         sock = transport.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._wait(_IDLE)
 

@@ -39,6 +39,8 @@ class EmulatorProcess:
     """``with EmulatorProcess(config={...}) as emu: emu.base_url``.
 
     The child is ``python -m loadkit emulator --port 0``; its first stdout line gives the URL.
+    ``processes``: ``--processes`` (worker processes on the one port; the child supervises
+    them, and they die with it).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class EmulatorProcess:
         host: str = "127.0.0.1",
         start_timeout_s: float = 20.0,
         cpu: int | None = None,
+        processes: int = 1,
     ) -> None:
         if config is not None and config_path is not None:
             raise ValueError("give config or config_path, not both")
@@ -58,6 +61,7 @@ class EmulatorProcess:
         self._host = host
         self._timeout = start_timeout_s
         self._cpu = cpu
+        self._processes = processes
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self.process: subprocess.Popen[str] | None = None
         self._stderr: Any = None
@@ -81,6 +85,8 @@ class EmulatorProcess:
             command += ["--config", str(path)]
         if self._seed is not None:
             command += ["--seed", str(self._seed)]
+        if self._processes != 1:
+            command += ["--processes", str(self._processes)]
         cpu = self._cpu
         # A file, not a pipe: a chatty child must never block on a full stderr pipe.
         self._stderr = tempfile.TemporaryFile(mode="w+", prefix="loadkit-emulator-")  # noqa: SIM115

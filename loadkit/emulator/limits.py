@@ -1,13 +1,23 @@
-"""Continuously replenished token buckets, the way the API's rate limits work."""
+"""Continuously replenished token buckets, the way the API's rate limits work.
+
+One process keeps its buckets in its own memory. With ``loadkit emulator --processes N`` the
+buckets live in memory shared by every process (``loadkit.emulator.sharedlimits``), so that a
+limit holds across processes: each limit class has one bucket, not one per process.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Protocol
 
 from loadkit.emulator.config import EmulatorConfig
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
 
 
 class Bucket:
@@ -58,6 +68,29 @@ class Bucket:
         return bucket
 
 
+class BucketStore(Protocol):
+    """Where buckets live: ``key`` names one (its set and its name) across processes."""
+
+    def bucket(self, key: str, per_minute: float, now: float, old: Bucket | None) -> Bucket:
+        """The bucket for ``key`` at ``per_minute``: ``old`` resized (keeping what has been
+        used), or a full one."""
+        ...
+
+    def drop(self, key: str) -> None:
+        """``key``'s limit is gone: a later one starts full."""
+        ...
+
+
+class LocalBuckets:
+    """Buckets in this process's memory."""
+
+    def bucket(self, key: str, per_minute: float, now: float, old: Bucket | None) -> Bucket:
+        return old.resized(per_minute, now) if old is not None else Bucket(per_minute, now)
+
+    def drop(self, key: str) -> None:
+        pass
+
+
 def rfc3339_after(seconds: float) -> str:
     moment = datetime.now(UTC) + timedelta(seconds=seconds)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -75,19 +108,29 @@ class Limited:
 class BucketSet:
     """Named buckets (``requests``, ``input-tokens``, ...) checked and charged together."""
 
-    def __init__(self, header_prefix: str, limits: dict[str, float | None], now: float) -> None:
+    def __init__(
+        self,
+        header_prefix: str,
+        limits: dict[str, float | None],
+        now: float,
+        store: BucketStore | None = None,
+        key: str = "",
+    ) -> None:
         self.header_prefix = header_prefix
-        self.buckets: dict[str, Bucket] = {
-            name: Bucket(limit, now) for name, limit in limits.items() if limit is not None
-        }
+        self.store = store or LocalBuckets()
+        self.key = key
+        self.buckets: dict[str, Bucket] = {}
+        self.reconfigure(limits, now)
 
     def reconfigure(self, limits: dict[str, float | None], now: float) -> None:
         updated: dict[str, Bucket] = {}
         for name, limit in limits.items():
+            key = f"{self.key}\0{name}"
             if limit is None:
+                if name in self.buckets:
+                    self.store.drop(key)
                 continue
-            old = self.buckets.get(name)
-            updated[name] = old.resized(limit, now) if old else Bucket(limit, now)
+            updated[name] = self.store.bucket(key, limit, now, self.buckets.get(name))
         self.buckets = updated
 
     def check(self, costs: Mapping[str, float], now: float) -> Limited | None:
@@ -135,37 +178,51 @@ class BucketSet:
 
 class RateLimits:
     """The limits the emulator enforces: a standard set per rate-limit class, and fast mode's
-    (whose headers a fast request gets as well as its class's)."""
+    (whose headers a fast request gets as well as its class's).
 
-    def __init__(self) -> None:
+    ``store`` and ``lock``: where the buckets live and what makes a check-and-charge atomic
+    (shared by every process of a ``--processes`` emulator; this process's alone by default).
+    """
+
+    def __init__(
+        self,
+        store: BucketStore | None = None,
+        lock: AbstractContextManager[object] | None = None,
+    ) -> None:
+        self.store = store or LocalBuckets()
+        self.lock: AbstractContextManager[object] = lock or contextlib.nullcontext()
         self.classes: dict[str, BucketSet] = {}
-        self.fast = BucketSet("anthropic-fast-", {}, 0.0)
+        self.fast = BucketSet("anthropic-fast-", {}, 0.0, self.store, "\0fast")
 
     def configure(self, config: EmulatorConfig, now: float) -> None:
         """Takes the new limits, keeping what has been used; a class no longer configured
         keeps its buckets."""
-        for name, limit in config.rate_limits.items():
-            values = {
-                "requests": limit.requests_per_minute,
-                "input-tokens": limit.input_tokens_per_minute,
-                "output-tokens": limit.output_tokens_per_minute,
-            }
-            if name in self.classes:
-                self.classes[name].reconfigure(values, now)
-            else:
-                self.classes[name] = BucketSet("anthropic-ratelimit-", values, now)
-        self.fast.reconfigure(
-            {
-                "input-tokens": config.fast_mode.input_tokens_per_minute,
-                "output-tokens": config.fast_mode.output_tokens_per_minute,
-            },
-            now,
-        )
+        with self.lock:
+            for name, limit in config.rate_limits.items():
+                values = {
+                    "requests": limit.requests_per_minute,
+                    "input-tokens": limit.input_tokens_per_minute,
+                    "output-tokens": limit.output_tokens_per_minute,
+                }
+                if name in self.classes:
+                    self.classes[name].reconfigure(values, now)
+                else:
+                    self.classes[name] = BucketSet(
+                        "anthropic-ratelimit-", values, now, self.store, name
+                    )
+            self.fast.reconfigure(
+                {
+                    "input-tokens": config.fast_mode.input_tokens_per_minute,
+                    "output-tokens": config.fast_mode.output_tokens_per_minute,
+                },
+                now,
+            )
 
     def clear(self) -> None:
-        """Forgets every bucket (``configure`` then starts them full)."""
+        """Forgets every bucket of this process (``configure`` then starts them full; shared
+        buckets are emptied once for all processes by ``SharedBuckets.forget_all``)."""
         self.classes.clear()
-        self.fast = BucketSet("anthropic-fast-", {}, 0.0)
+        self.fast = BucketSet("anthropic-fast-", {}, 0.0, self.store, "\0fast")
 
     def charge(
         self, rate_class: str, speed: str, input_tokens: int, max_tokens: int, now: float
@@ -177,17 +234,32 @@ class RateLimits:
         else:
             costs = {"requests": 1, "input-tokens": input_tokens, "output-tokens": max_tokens}
             bucket_set = self.classes[rate_class]
-        limited = bucket_set.check(costs, now)
-        if limited is None:
-            bucket_set.charge(costs)
+        with self.lock:
+            limited = bucket_set.check(costs, now)
+            if limited is None:
+                bucket_set.charge(costs)
         return limited
 
     def refund(self, rate_class: str, speed: str, unused_output: int, now: float) -> None:
         bucket_set = self.fast if speed == "fast" else self.classes[rate_class]
-        bucket_set.refund("output-tokens", unused_output, now)
+        with self.lock:
+            bucket_set.refund("output-tokens", unused_output, now)
+
+    def settle_output(
+        self, rate_class: str, speed: str, reserved: int, used: int, now: float
+    ) -> None:
+        """A request ended: its output-token bucket goes from the ``reserved`` tokens charged
+        at admission to the ``used`` ones (giving back, or charging the rest)."""
+        bucket_set = self.fast if speed == "fast" else self.classes[rate_class]
+        with self.lock:
+            if reserved > used:
+                bucket_set.refund("output-tokens", reserved - used, now)
+            elif used > reserved:
+                bucket_set.charge({"output-tokens": used - reserved})
 
     def headers(self, rate_class: str, speed: str, now: float) -> list[tuple[str, str]]:
-        headers = self.classes[rate_class].headers(now)
-        if speed == "fast":
-            headers.extend(self.fast.headers(now))
+        with self.lock:
+            headers = self.classes[rate_class].headers(now)
+            if speed == "fast":
+                headers.extend(self.fast.headers(now))
         return headers

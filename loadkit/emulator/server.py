@@ -4,6 +4,11 @@ A control token (``run(control_token=...)``, else the environment variable
 ``LOADKIT_EMULATOR_CONTROL_TOKEN``) makes the mutating control endpoints require it; see
 ``loadkit.emulator.control``. Prefer the environment variable: a command-line argument is visible
 to every user of the machine (``ps``). The token is never printed.
+
+``run(..., worker=...)`` is one process of ``loadkit emulator --processes N``
+(``loadkit.emulator.supervisor`` starts them): it binds the port with ``SO_REUSEPORT`` next to
+its siblings, shares limits and cache with them (``loadkit.emulator.cluster``), and tells the
+supervisor it is listening instead of printing the address.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
+from pathlib import Path
 
 from loadkit.emulator.app import Emulator
+from loadkit.emulator.cluster import Cluster, Worker
 from loadkit.emulator.config import EmulatorConfig
-from loadkit.emulator.http import Connection
+from loadkit.emulator.http import Connection, HttpCounters, HttpSettings
 from loadkit.gctune import tune_gc
 
 
@@ -44,29 +52,63 @@ async def serve(
     port: int,
     seed: int | None,
     control_token: str | None = None,
+    worker: Worker | None = None,
+    ready_fd: int | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     emulator = Emulator(config, seed, control_token=control_token)
     settings, counters = emulator.http_settings, emulator.stats.http
-    server = await loop.create_server(
-        lambda: Connection(emulator.handle, settings, counters),
-        host,
-        port,
-        backlog=16384,
-        reuse_address=True,
-    )
-    bound = server.sockets[0].getsockname()
-    if control_token:
-        print("loadkit emulator: control endpoints require the control token", file=sys.stderr)
-    # The first line on stdout is the contract with loadkit's process launcher.
-    print(f"loadkit emulator listening on http://{bound[0]}:{bound[1]}", flush=True)
+
+    def connection() -> Connection:
+        return Connection(emulator.handle, settings, counters)
+
+    if worker is None:
+        server = await loop.create_server(connection, host, port, backlog=16384, reuse_address=True)
+    else:
+        server = await loop.create_server(connection, sock=reuse_port_socket(host, port))
+        cluster = Cluster(worker, emulator.service)
+        emulator.control.cluster = cluster
+        # Siblings' requests: limits and counts of their own, apart from the public ones.
+        own_settings, own_counters = HttpSettings(), HttpCounters()
+        siblings = await loop.create_unix_server(
+            lambda: Connection(cluster.handle_internal, own_settings, own_counters, False),
+            worker.socket_path(worker.index),
+        )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    async with server:
+    if worker is None:
+        bound = server.sockets[0].getsockname()
+        if control_token:
+            print("loadkit emulator: control endpoints require the control token", file=sys.stderr)
+        # The first line on stdout is the contract with loadkit's process launcher.
+        print(f"loadkit emulator listening on http://{bound[0]}:{bound[1]}", flush=True)
+        async with server:
+            await stop.wait()
+        print("loadkit emulator stopped", file=sys.stderr, flush=True)
+        return
+    assert ready_fd is not None
+    os.write(ready_fd, bytes([worker.index]))
+    os.close(ready_fd)
+    async with server, siblings:
         await stop.wait()
-    print("loadkit emulator stopped", file=sys.stderr, flush=True)
+    with contextlib.suppress(OSError):
+        Path(worker.socket_path(worker.index)).unlink()
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` that siblings may bind too (``SO_REUSEPORT``)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.listen(16384)
+    sock.setblocking(False)
+    return sock
 
 
 def run(
@@ -75,11 +117,14 @@ def run(
     port: int,
     seed: int | None,
     control_token: str | None = None,
+    worker: Worker | None = None,
+    ready_fd: int | None = None,
 ) -> None:
     _install_fast_loop()
     _raise_fd_limit()
     tune_gc()
-    asyncio.run(serve(config, host, port, seed, control_token_from(control_token)))
+    token = control_token_from(control_token)
+    asyncio.run(serve(config, host, port, seed, token, worker, ready_fd))
 
 
 def _raise_fd_limit() -> None:

@@ -4,12 +4,17 @@
 refused before they were read in full (413, 431, 408: ``invalid``) and those a client
 pipelined and then left (``client_closed``): received == in_flight + the sum of OUTCOMES.
 ``HttpCounters`` (in ``http.py``) account for every HTTP request on any path.
+
+A ``--processes`` emulator merges its processes' snapshots with ``merge_snapshots`` and their
+served records, oldest first, by the CLOCK_MONOTONIC time each was logged (``served_stamped``).
 """
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from itertools import islice
 from typing import Any
@@ -102,6 +107,7 @@ class Stats:
         self.by_key: dict[tuple[str, str], Counters] = {}
         self.http = HttpCounters()
         self.served: deque[Served] = deque(maxlen=served_log_size)
+        self._served_at: deque[int] = deque(maxlen=served_log_size)  # monotonic ns, logged
         self._served_by_id: dict[str, Served] = {}
         self._lateness = array("d")
         self._lateness_window = lateness_window
@@ -116,12 +122,14 @@ class Stats:
             if self._served_by_id.get(oldest.request_id) is oldest:
                 del self._served_by_id[oldest.request_id]
         served.append(record)
+        self._served_at.append(time.monotonic_ns())
         self._served_by_id[record.request_id] = record
 
     def resize_served(self, size: int) -> None:
         if size == self.served.maxlen:
             return
         self.served = deque(self.served, maxlen=size)
+        self._served_at = deque(self._served_at, maxlen=size)
         self._served_by_id = {record.request_id: record for record in self.served}
 
     def served_by_id(self, request_id: str) -> list[Served]:
@@ -136,6 +144,18 @@ class Stats:
             return list(served)
         return list(islice(served, offset, end))
 
+    def served_stamped(self, records: Iterable[Served] | None = None) -> list[tuple[int, Served]]:
+        """``(monotonic ns when logged, record)`` for every record (or for ``records``, which
+        must be in the log), oldest first."""
+        if records is None:
+            return list(zip(self._served_at, self.served, strict=True))
+        stamps = {id(r): t for t, r in zip(self._served_at, self.served, strict=True)}
+        return [(stamps[id(r)], r) for r in records]
+
+    def lateness_ms(self) -> array[float]:
+        """The first-token lateness samples kept (ms), a copy."""
+        return array("d", self._lateness)
+
     def counters(self, model: str, speed: str) -> Counters:
         key = (model, speed)
         found = self.by_key.get(key)
@@ -149,25 +169,8 @@ class Stats:
         self._lateness.append(seconds * 1000.0)
 
     def snapshot(self) -> dict[str, Any]:
-        rows = []
-        totals = Counters()
-        for (model, speed), counters in sorted(self.by_key.items()):
-            row = counters.as_dict()
-            rows.append({"model": model, "speed": speed, **row})
-            for name, value in row.items():
-                setattr(totals, name, getattr(totals, name) + value)
-        late = sorted(self._lateness)
-        return {
-            "by_model_speed": rows,
-            "totals": totals.as_dict(),
-            "http": self.http.as_dict(),
-            "first_token_lateness_ms": {
-                "count": len(late),
-                "p50": _percentile(late, 0.50),
-                "p99": _percentile(late, 0.99),
-                "max": late[-1] if late else None,
-            },
-        }
+        rows = {key: counters.as_dict() for key, counters in self.by_key.items()}
+        return _snapshot(rows, self.http.as_dict(), self._lateness)
 
     def reset(self) -> None:
         kept = {key: c for key, c in self.by_key.items() if c.in_flight}
@@ -179,5 +182,47 @@ class Stats:
         self.by_key = kept
         self.http.reset()
         self.served.clear()
+        self._served_at.clear()
         self._served_by_id.clear()
         del self._lateness[:]
+
+
+def _snapshot(
+    rows: dict[tuple[str, str], dict[str, int]], http: dict[str, Any], lateness: Iterable[float]
+) -> dict[str, Any]:
+    totals = dict.fromkeys(COUNTER_FIELDS, 0)
+    by_model_speed = []
+    for (model, speed), row in sorted(rows.items()):
+        by_model_speed.append({"model": model, "speed": speed, **row})
+        for name in COUNTER_FIELDS:
+            totals[name] += row[name]
+    late = sorted(lateness)
+    return {
+        "by_model_speed": by_model_speed,
+        "totals": totals,
+        "http": http,
+        "first_token_lateness_ms": {
+            "count": len(late),
+            "p50": _percentile(late, 0.50),
+            "p99": _percentile(late, 0.99),
+            "max": late[-1] if late else None,
+        },
+    }
+
+
+def merge_snapshots(parts: Sequence[dict[str, Any]], lateness: Iterable[float]) -> dict[str, Any]:
+    """One snapshot of several processes' ``snapshot()`` s: counters and HTTP counts summed,
+    lateness percentiles over ``lateness`` (every process's samples)."""
+    rows: dict[tuple[str, str], dict[str, int]] = {}
+    http: dict[str, Any] = {"received": 0, "in_progress": 0, "responses": {}, "closed": 0}
+    for part in parts:
+        for row in part["by_model_speed"]:
+            merged = rows.setdefault((row["model"], row["speed"]), dict.fromkeys(COUNTER_FIELDS, 0))
+            for name in COUNTER_FIELDS:
+                merged[name] += row[name]
+        for name in ("received", "in_progress", "closed"):
+            http[name] += part["http"][name]
+        for status, count in part["http"]["responses"].items():
+            http["responses"][status] = http["responses"].get(status, 0) + count
+    http["responses"] = dict(sorted(http["responses"].items(), key=lambda item: int(item[0])))
+    return _snapshot(rows, http, lateness)
