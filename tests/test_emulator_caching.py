@@ -85,8 +85,8 @@ def test_automatic_caching_with_explicit_breakpoints(
     assert usage.cache_creation.ephemeral_5m_input_tokens > 5000  # the message, automatically
     same = [{"role": "user", "content": [_block(5000, "n", EPHEMERAL)]}]
     assert _ask(client, messages=same, cache_control=EPHEMERAL).cache_creation_input_tokens > 0
-    four = [{"role": "user", "content": [_block(10, c, EPHEMERAL) for c in "pqrs"] + ["x"]}]
-    four[0]["content"][-1] = _block(1, "t")
+    marked = [_block(10, letter, EPHEMERAL) for letter in "pqrs"]
+    four = [{"role": "user", "content": [*marked, _block(1, "t")]}]
     with pytest.raises(anthropic.BadRequestError, match="maximum of 4 blocks"):
         _ask(client, messages=four, cache_control=EPHEMERAL)
     _ask(client, messages=four)  # the same 4 explicit breakpoints alone are fine

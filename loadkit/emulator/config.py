@@ -10,7 +10,7 @@ are rejected with the offending field named.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -292,6 +292,11 @@ class EmulatorConfig(_Strict):
         default=None,
         max_length=10_000,
         description="models each listed key may use (others get 403); unlisted keys: all",
+    )
+    output_token_accounting: Literal["reserve_max_tokens", "generated_only"] = Field(
+        default="reserve_max_tokens",
+        description="what an output-token bucket is charged: max_tokens at admission, the "
+        "unused part given back at the end; or only the tokens generated, at the end",
     )
 
     @model_validator(mode="after")

@@ -95,6 +95,7 @@ class Job:
         "prompt_breakpoints",
         "request",
         "request_id",
+        "reserved_output",
         "runtime",
         "sent_tokens",
         "served",
@@ -126,6 +127,7 @@ class Job:
         self.speed = speed
         self.stream = stream
         self.max_tokens = max_tokens
+        self.reserved_output = max_tokens  # output tokens charged at admission
         self.plan = plan
         self.counters = counters
         self.prompt_breakpoints = plan.cache.to_store

@@ -124,9 +124,10 @@ class Service:
         # Cache writes are prefilled and charged like any input; cache reads are neither.
         charged_input = prompt.tokens - cache.read_tokens
         uncached = charged_input - cache.creation_tokens
-        limited = self.limits.charge(
-            profile.rate_limit_class, speed, charged_input, max_tokens, now
-        )
+        # Output tokens: max_tokens reserved now and settled at the end, as the rate limits
+        # page documents, or (generated_only) only the tokens generated, at the end.
+        reserved = max_tokens if self.config.output_token_accounting == "reserve_max_tokens" else 0
+        limited = self.limits.charge(profile.rate_limit_class, speed, charged_input, reserved, now)
         if limited is not None:
             self._rate_limited(conn, request_id, counters, runtime, speed, limited, now)
             return
@@ -149,6 +150,7 @@ class Service:
         job = Job(
             self, conn, request, request_id, runtime, speed, stream, max_tokens, plan, counters
         )
+        job.reserved_output = reserved
         conn.on_lost = job.client_gone
         if rng.random() < faults.slow_first_byte_rate:
             job.handle = self.loop.call_later(faults.slow_first_byte_ms / 1000.0, self._admit, job)
@@ -210,10 +212,11 @@ class Service:
         counters.in_flight -= 1
         setattr(counters, outcome, getattr(counters, outcome) + 1)
         counters.output_tokens += job.sent_tokens
-        self.limits.refund(
+        self.limits.settle_output(
             job.runtime.profile.rate_limit_class,
             job.speed,
-            job.max_tokens - job.sent_tokens,
+            job.reserved_output,
+            job.sent_tokens,
             self.loop.time(),
         )
         if job.service_start:
