@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +42,25 @@ def _wait(url: str, process: subprocess.Popen[bytes], timeout: float = 30) -> No
 class VictoriaMetrics:
     """Accepts InfluxDB line protocol on /api/v2/write; read back with /api/v1/export."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        prefix: Sequence[str] = (),
+    ) -> None:
+        """``prefix``: what to run it under (``ip netns exec NAME``: on another host)."""
         self.binary = _binary("victoria-metrics", "victoria-metrics")
         self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.port = port or free_port()
+        self.prefix = list(prefix)
+        self.url = f"http://{host}:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [self.binary, f"-httpListenAddr=127.0.0.1:{self.port}",
+            [*self.prefix, self.binary, f"-httpListenAddr={self.host}:{self.port}",
              f"-storageDataPath={self.data_dir}", "-retentionPeriod=1y"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
