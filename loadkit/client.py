@@ -543,20 +543,23 @@ def _take_usage(record: ResultRecord, usage: Any) -> None:
             record.bad_usage = f"usage.speed is {speed!r}, not one of {', '.join(SPEEDS)}"
 
 
-CACHE_CREATION_COUNTS = (
-    ("ephemeral_5m_input_tokens", "cache_creation_5m_input_tokens"),
-    ("ephemeral_1h_input_tokens", "cache_creation_1h_input_tokens"),
-)
-
-
 def _take_cache_creation(record: ResultRecord, split: Any) -> None:
     """``usage.cache_creation``: the cache writes by TTL, each priced at its own rate."""
-    if not isinstance(split, dict):
+    if type(split) is not dict:
         record.bad_usage = f"usage.cache_creation is {split!r}, not an object"
         return
-    for name, attribute in CACHE_CREATION_COUNTS:
-        value = split.get(name, 0)
-        if type(value) is not int or not 0 <= value <= MAX_USAGE_TOKENS:
-            record.bad_usage = f"usage.cache_creation.{name} is {value!r}, not a whole number"
-            continue
-        setattr(record, attribute, value)
+    five = split.get("ephemeral_5m_input_tokens", 0)
+    hour = split.get("ephemeral_1h_input_tokens", 0)
+    if (
+        type(five) is int
+        and type(hour) is int
+        and 0 <= five <= MAX_USAGE_TOKENS
+        and 0 <= hour <= MAX_USAGE_TOKENS
+    ):
+        record.cache_creation_5m_input_tokens = five
+        record.cache_creation_1h_input_tokens = hour
+    else:
+        record.bad_usage = (
+            f"usage.cache_creation is {split!r}: ephemeral_5m_input_tokens and "
+            "ephemeral_1h_input_tokens must be whole numbers of tokens"
+        )

@@ -353,6 +353,8 @@ def odd_usage_target() -> Iterator[tuple[str, type[OddUsageTarget]]]:
         ('{"input_tokens": 1e400, "output_tokens": 1}', "inf"),
         ('{"input_tokens": -5, "output_tokens": 1}', "-5"),
         ('{"input_tokens": 10, "output_tokens": 1, "speed": "x y=1"}', "'x y=1'"),
+        ('{"output_tokens": 1, "cache_creation": {"ephemeral_1h_input_tokens": "9"}}', "'9'"),
+        ('{"output_tokens": 1, "cache_creation": [5]}', "[5]"),
     ],
 )
 def test_odd_usage_is_a_counted_client_error_naming_the_value(
