@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Debian packages the tests use (real servers, real browser); installed where apt is available.
 DEBIAN_PACKAGES ?= chromium victoria-metrics influxdb
 
-.PHONY: install system-deps test lint demo emulator bench clean
+.PHONY: install system-deps test lint demo netns-demo emulator bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "loadkit needs Python >= 3.11")'
@@ -52,6 +52,12 @@ demo: install
 		--workload workloads/default.yaml --only-summary \
 		--html reports/demo.html --summary-json reports/demo-summary.json
 	@echo "HTML report: reports/demo.html (summary JSON: reports/demo-summary.json)"
+
+# A short distributed run across hosts made of Linux network namespaces (needs root): a master,
+# 3 workers, the emulator 20 ms round trip away (a delaying relay: tests/multihost.py) and
+# VictoriaMetrics as the InfluxDB server. Outputs in reports/netns-demo/.
+netns-demo: install system-deps
+	$(BIN)/python -m tests.multihost --folder reports/netns-demo
 
 emulator: install
 	$(BIN)/loadkit emulator
