@@ -91,7 +91,6 @@ def test_permission_error_for_a_model_the_key_may_not_use(
     assert refused.status_code == 400 and "api_key_models" in refused.text
 
 
-@pytest.mark.slow
 def test_request_too_large_above_32_mb(emulator: EmulatorProcess, control: Control) -> None:
     """ "413 - request_too_large: Request exceeds the maximum allowed number of bytes" and
     "Messages API: 32 MB" (errors page, "HTTP errors" and "Request size limits"): a body just

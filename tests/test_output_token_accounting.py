@@ -26,6 +26,7 @@ REMAINING = "anthropic-ratelimit-output-tokens-remaining"
 def _setup(control: Control, accounting: str | None) -> None:
     patch: dict[str, object] = {
         "rate_limits": {"opus": {"output_tokens_per_minute": OTPM}},
+        "models": {"claude-opus-4-6": {"ttft_base_ms": 0, "decode_tokens_per_s": 5000}},
         "output_tokens": {"kind": "fixed", "value": REPLY},
     }
     if accounting is not None:
