@@ -74,7 +74,9 @@ def test_each_cache_write_priced_at_its_ttl_rate(
 
 def test_writes_without_a_split_are_priced_at_the_requested_ttl() -> None:
     """A server that reports only cache_creation_input_tokens (no usage.cache_creation):
-    every write is priced at the TTL the request asked for."""
+    every write is priced at the TTL the request asked for; with the split, each part at its
+    own rate (prompt caching page, "Pricing": 5m writes 1.25x, 1h writes 2x base input;
+    Claude Sonnet 4.6 $3 / MTok input, as of 2026-11)."""
     five = cost_usd("claude-sonnet-4-6", "standard", 0, 0, cache_creation_tokens=100_000)
     hour = cost_usd(
         "claude-sonnet-4-6", "standard", 0, 0, cache_creation_tokens=100_000, cache_ttl="1h"

@@ -85,7 +85,9 @@ def test_speedup_follows_the_configured_mean_and_spread(
 
 
 def test_default_speedup_is_up_to_2_5x(emulator: EmulatorProcess, control: Control) -> None:
-    """The shipped defaults: every speed-up at most 2.5x ("up to 2.5x") and at least 1x,
+    """The shipped defaults: every speed-up at most 2.5x ("Up to 2.5x higher output tokens
+    per second compared to standard speed", fast mode page, "How fast mode works") and at
+    least 1x,
     spread around the default mean; the default mean below 2.5 is loadkit's assumption."""
     defaults = ModelProfile.model_fields
     speedup = {
@@ -110,8 +112,9 @@ def test_default_speedup_is_up_to_2_5x(emulator: EmulatorProcess, control: Contr
 def test_zero_spread_is_a_constant_and_bad_ranges_are_refused(
     emulator: EmulatorProcess, control: Control
 ) -> None:
-    """Spread 0 gives every request the mean (the constant 2.5x of earlier versions); a
-    mean outside [min, max] is refused naming the fields."""
+    """Spread 0 gives every request the mean (the constant 2.5x of earlier versions, the
+    fast mode page's "up to 2.5x" taken as exact); a mean outside [min, max] is refused
+    naming the fields (docs/emulator-config.yaml)."""
     constant = {"fast_decode_multiplier": 2.5, "fast_decode_spread": 0.0, "fast_decode_max": 2.5}
     assert set(_fast_speedups(emulator, control, constant, count=30)) == {2.5}
     refused = control.configure({"models": {"claude-opus-4-6": {"fast_decode_multiplier": 3.0}}})
