@@ -22,6 +22,14 @@ TTFT, no jitter, no rate limits, no concurrency caps), or ``--server-cmd`` (a te
 
     python bench/emulator_bench.py raw-uvloop starlette --out /tmp/bench.json
     python bench/emulator_bench.py emulator --quick
+
+``--processes 1,2`` benches ``loadkit emulator --processes N`` for each N: N workers pinned to
+CPUs 0..N-1 (the load generator then floats over both CPUs when N > 1), the rate and lateness
+phases for each N, then every N > 1 again at 50% of N=1's capacity (equal offered load); it
+ends with a table of events/s at capacity, the ratio to N=1, server CPU per event, and
+first-token lateness at 50% of N=1's capacity.
+
+    python bench/emulator_bench.py emulator --processes 1,2 --phases rate
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from loadgen import cpu_busy_s, events_for  # noqa: E402
+from loadgen import cpu_busy_s, events_for, summary  # noqa: E402
 
 LOADGEN = HERE / "loadgen.py"
 CAND = HERE / "candidates"
@@ -110,12 +118,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _server_preexec() -> None:
-    os.sched_setaffinity(0, {SERVER_CPU})
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    os.setsid()
+def _server_preexec(cpus: set[int]) -> Callable[[], None]:
+    def preexec() -> None:
+        os.sched_setaffinity(0, cpus)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        os.setsid()
+
+    return preexec
 
 
 @dataclass
@@ -123,6 +134,30 @@ class Target:
     name: str
     server_cmd: str | None = None  # template for --server-cmd
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="emubench-")))
+    processes: int = 1  # loadkit emulator --processes
+    loadgens: int = 1  # load generator processes in the rate phase, each a share of the rate
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} --processes {self.processes}" if self.processes > 1 else self.name
+
+    @property
+    def cpus(self) -> set[int]:
+        """Where the server runs: CPU 0, or CPUs 0..N-1 for N processes."""
+        return set(range(SERVER_CPU, SERVER_CPU + self.processes))
+
+    @property
+    def loadgen_cpus(self) -> list[int]:
+        """Each load generator's CPU: the ones after the server's (CPU 1 for one server
+        process), or -1 (the scheduler's choice) for all when the machine has too few."""
+        first = SERVER_CPU + self.processes
+        if first + self.loadgens <= (os.cpu_count() or 1):
+            return list(range(first, first + self.loadgens))
+        return [-1] * self.loadgens
+
+    @property
+    def loadgen_cpu(self) -> int:
+        return self.loadgen_cpus[0]
 
     def command(self, port: int, ttft_ms: float, tps: float, n_tokens: int) -> list[str]:
         cfg = self.tmp / "emulator.yaml"
@@ -136,6 +171,7 @@ class Target:
             return [
                 *emulator_cmd(),
                 "--host", "127.0.0.1", "--port", str(port), "--config", str(cfg), "--seed", "1",
+                *(["--processes", str(self.processes)] if self.processes > 1 else []),
             ]  # fmt: skip
         return [
             sys.executable, *CANDIDATES[self.name],
@@ -144,13 +180,18 @@ class Target:
 
 
 @contextlib.contextmanager
-def server(target: Target, ttft_ms: float, tps: float, n_tokens: int) -> Iterator[tuple[int, int]]:
-    """Start the target pinned to CPU 0; yield ``(port, pid)``; stop it."""
+def server(target: Target, ttft_ms: float, tps: float, n_tokens: int) -> Iterator[tuple[int, str]]:
+    """Start the target pinned to its CPUs; yield ``(port, pids)``, the pids of the processes
+    that serve (``a,b`` for a --processes emulator's workers); stop it."""
     port = free_port()
     cmd = target.command(port, ttft_ms, tps, n_tokens)
     log = (target.tmp / "server.log").open("ab")
     proc = subprocess.Popen(
-        cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_server_preexec
+        cmd,
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_server_preexec(target.cpus),
     )
     try:
         deadline = time.monotonic() + 30
@@ -165,7 +206,13 @@ def server(target: Target, ttft_ms: float, tps: float, n_tokens: int) -> Iterato
                     raise RuntimeError(f"not listening after 30 s: {shlex.join(cmd)}") from None
                 time.sleep(0.1)
         time.sleep(0.3)
-        yield port, proc.pid
+        pids = str(proc.pid)
+        if target.processes > 1:
+            workers = (server_stats(port) or {}).get("processes") or []
+            if len(workers) != target.processes:
+                raise RuntimeError(f"expected {target.processes} workers, stats say {workers}")
+            pids = ",".join(str(w["pid"]) for w in workers)
+        yield port, pids
         if proc.poll() is not None:
             raise RuntimeError(f"server died during the step (exit {proc.returncode})")
     finally:
@@ -187,9 +234,11 @@ def server_stats(port: int) -> Any:
         return None
 
 
-def loadgen(port: int, pid: int, hard_timeout: float, **kw: Any) -> dict[str, Any]:
-    args = [sys.executable, str(LOADGEN), "--port", str(port), "--server-pid", str(pid)]
-    args += ["--cpu", str(LOADGEN_CPU), "--hard-timeout", str(hard_timeout)]
+def loadgen(
+    port: int, pids: str, hard_timeout: float, cpu: int = LOADGEN_CPU, **kw: Any
+) -> dict[str, Any]:
+    args = [sys.executable, str(LOADGEN), "--port", str(port), "--server-pid", pids]
+    args += ["--cpu", str(cpu), "--hard-timeout", str(hard_timeout)]
     for k, v in kw.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     res = subprocess.run(args, capture_output=True, text=True, timeout=hard_timeout + 30)
@@ -198,6 +247,58 @@ def loadgen(port: int, pid: int, hard_timeout: float, **kw: Any) -> dict[str, An
     out: dict[str, Any] = json.loads(res.stdout)
     out["loadgen_args"] = shlex.join(args[1:])
     return out
+
+
+def loadgens(
+    port: int, pids: str, hard_timeout: float, cpus: list[int], **kw: Any
+) -> dict[str, Any]:
+    """``loadgen`` in as many processes as ``cpus``, each offered ``rate / len(cpus)``, run at
+    once; one result: counts and CPU summed, first-token lateness percentiles over every
+    stream (from each one's ``--dump``), the worst of their other percentiles."""
+    if len(cpus) == 1:
+        return loadgen(port, pids, hard_timeout, cpu=cpus[0], **kw)
+    kw["rate"] = f"{float(kw['rate']) / len(cpus):.3f}"
+    tmp = Path(tempfile.mkdtemp(prefix="emubench-lg-"))
+    procs = []
+    for i, cpu in enumerate(cpus):
+        args = [sys.executable, str(LOADGEN), "--port", str(port), "--server-pid", pids]
+        args += ["--cpu", str(cpu), "--hard-timeout", str(hard_timeout)]
+        args += ["--dump", str(tmp / f"{i}.txt")]
+        for k, v in kw.items():
+            args += [f"--{k.replace('_', '-')}", str(v)]
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=hard_timeout + 30)
+        if proc.returncode != 0:
+            raise RuntimeError(f"loadgen failed ({proc.returncode}): {stderr[-2000:]!r}")
+        outs.append(json.loads(stdout))
+    late = [
+        float(line.split()[1])
+        for i in range(len(cpus))
+        for line in (tmp / f"{i}.txt").read_text().splitlines()
+    ]
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged = dict(outs[0])
+    for key in (
+        "events_per_s", "offered_events_per_s", "streams_in_window_completed",
+        "streams_good_in_window", "still_active_at_end", "connections", "loadgen_cpu_frac",
+        "peak_active_streams", "incomplete_streams",
+    ):  # fmt: skip
+        merged[key] = round(sum(o.get(key) or 0 for o in outs), 3)
+    for key in ("errors", "connect_errors", "statuses"):
+        counts: dict[str, int] = {}
+        for o in outs:
+            for name, n in o.get(key, {}).items():
+                counts[name] = counts.get(name, 0) + n
+        merged[key] = counts
+    for key in ("end_lateness_ms", "send_lag_ms", "loadgen_loop_lag_ms"):
+        merged[key] = max((o[key] for o in outs), key=lambda x: x.get("p99") or 0.0)
+    merged["first_token_lateness_ms"] = summary(late)
+    merged["server_cpu_frac"] = max(o.get("server_cpu_frac") or 0.0 for o in outs)
+    merged["loadgens"] = len(cpus)
+    merged["loadgen_args"] = " | ".join(o["loadgen_args"] for o in outs if "loadgen_args" in o)
+    return merged
 
 
 def p99(r: dict[str, Any], key: str = "first_token_lateness_ms") -> float:
@@ -213,18 +314,30 @@ def fmt(v: float | None, digits: int = 1) -> str:
 # phases
 
 
-def foreign_cpu(r: dict[str, Any]) -> float:
-    """CPU used by other processes on the two benchmark CPUs during the window (cores)."""
+def foreign_cpu(r: dict[str, Any], t: Target | None = None) -> float:
+    """CPU used by other processes on the benchmark's CPUs during the window (cores). When
+    the load generator has no CPU of its own, only the sum over every CPU is known."""
+    t = t or Target("?")
     busy: dict[str, float] = r.get("cpu_busy_frac", {})
-    f0 = busy.get(f"cpu{SERVER_CPU}", 0.0) - float(r.get("server_cpu_frac") or 0.0)
-    f1 = busy.get(f"cpu{LOADGEN_CPU}", 0.0) - float(r.get("loadgen_cpu_frac", 0.0))
-    return round(max(f0, f1, 0.0), 3)
+    server, gen = float(r.get("server_cpu_frac") or 0.0), float(r.get("loadgen_cpu_frac", 0.0))
+    gen_cpus = t.loadgen_cpus
+    if min(gen_cpus) < 0:
+        every = sum(v for k, v in busy.items() if k[3:].isdigit())
+        return round(max(every - server - gen, 0.0), 3)
+    on_server = sum(busy.get(f"cpu{c}", 0.0) for c in t.cpus)
+    on_gen = sum(busy.get(f"cpu{c}", 0.0) for c in gen_cpus)
+    return round(max(on_server - server, on_gen - gen, 0.0), 3)
 
 
-def wait_quiet(a: argparse.Namespace) -> float:
-    """Wait (up to --quiet-wait s) until both CPUs are nearly idle; return the last busy max."""
+def wait_quiet(a: argparse.Namespace, t: Target | None = None) -> float:
+    """Wait (up to --quiet-wait s) until the benchmark's CPUs are nearly idle; return the last
+    busy max."""
     deadline = time.monotonic() + a.quiet_wait
-    cpus = (f"cpu{SERVER_CPU}", f"cpu{LOADGEN_CPU}")
+    t = t or Target("?")
+    used = {c for c in (*t.cpus, *t.loadgen_cpus) if c >= 0} | {SERVER_CPU, LOADGEN_CPU}
+    if min(t.loadgen_cpus) < 0:
+        used = set(range(os.cpu_count() or 1))
+    cpus = tuple(f"cpu{c}" for c in sorted(used))
     while True:
         b0 = cpu_busy_s()
         time.sleep(0.5)
@@ -234,14 +347,16 @@ def wait_quiet(a: argparse.Namespace) -> float:
             return round(busy, 3)
 
 
-def attempt(a: argparse.Namespace, label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def attempt(
+    a: argparse.Namespace, label: str, fn: Callable[[], dict[str, Any]], t: Target | None = None
+) -> dict[str, Any]:
     """Run a step; re-run a failed step when other processes took CPU during it."""
     r: dict[str, Any] = {}
     for i in range(a.retries + 1):
-        busy_before = wait_quiet(a)
+        busy_before = wait_quiet(a, t)
         r = fn()
         r["busy_before"] = busy_before
-        r["foreign_cpu"] = foreign_cpu(r)
+        r["foreign_cpu"] = foreign_cpu(r, t)
         r["attempt"] = i + 1
         print(f"  {label}: {r['line']} foreign_cpu={r['foreign_cpu']}", flush=True)
         if r["ok"] or r["foreign_cpu"] < a.noise_cpu:
@@ -250,15 +365,16 @@ def attempt(a: argparse.Namespace, label: str, fn: Callable[[], dict[str, Any]])
 
 
 def hold_step(t: Target, a: argparse.Namespace, conns: int) -> dict[str, Any]:
-    return attempt(a, f"hold {conns:>6}", lambda: _hold_once(t, a, conns))
+    return attempt(a, f"hold {conns:>6}", lambda: _hold_once(t, a, conns), t)
 
 
 def _hold_once(t: Target, a: argparse.Namespace, conns: int) -> dict[str, Any]:
     ramp_s = conns / a.ramp_rate
     n = 1 + math.ceil((ramp_s + a.hold_s) * a.hold_tps)
-    with server(t, a.ttft_ms, a.hold_tps, n) as (port, pid):
+    with server(t, a.ttft_ms, a.hold_tps, n) as (port, pids):
         r = loadgen(
-            port, pid, hard_timeout=ramp_s + a.hold_s + 30, mode="hold", connections=conns,
+            port, pids, hard_timeout=ramp_s + a.hold_s + 30, cpu=t.loadgen_cpu, mode="hold",
+            connections=conns,
             ramp_rate=a.ramp_rate, max_tokens=n, expect_tps=a.hold_tps,
             expect_ttft_ms=a.ttft_ms, drain=5,
         )  # fmt: skip
@@ -291,7 +407,12 @@ def _hold_once(t: Target, a: argparse.Namespace, conns: int) -> dict[str, Any]:
 def rate_step(
     t: Target, a: argparse.Namespace, events_s: float, measure_s: float
 ) -> dict[str, Any]:
-    r = attempt(a, f"rate {events_s:>9.0f} ev/s", lambda: _rate_once(t, a, events_s, measure_s))
+    r = attempt(
+        a,
+        f"rate {events_s:>9.0f} ev/s",
+        lambda: _rate_once(t, a, events_s, measure_s),
+        t,
+    )
     r["target_events_per_s"] = events_s
     return r
 
@@ -301,9 +422,10 @@ def _rate_once(
 ) -> dict[str, Any]:
     eps = events_for(a.stream_tokens)
     rate = events_s / eps
-    with server(t, a.ttft_ms, a.tps, a.stream_tokens) as (port, pid):
-        r = loadgen(
-            port, pid, hard_timeout=a.warmup + measure_s + 40, mode="open", rate=f"{rate:.3f}",
+    with server(t, a.ttft_ms, a.tps, a.stream_tokens) as (port, pids):
+        r = loadgens(
+            port, pids, hard_timeout=a.warmup + measure_s + 40, cpus=t.loadgen_cpus,
+            mode="open", rate=f"{rate:.3f}",
             max_tokens=a.stream_tokens, expect_tps=a.tps, expect_ttft_ms=a.ttft_ms,
             warmup=a.warmup, duration=measure_s, drain=4,
         )  # fmt: skip
@@ -340,10 +462,11 @@ def _rate_once(
 
 def bench_target(t: Target, a: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {
-        "target": t.name,
+        "target": t.label,
+        "processes": t.processes,
         "command": shlex.join(t.command(0, a.ttft_ms, a.tps, 1)),
     }
-    print(f"== {t.name}: {res['command']}", flush=True)
+    print(f"== {t.label}: {res['command']}", flush=True)
     t0 = time.monotonic()
 
     # 1. concurrency held
@@ -433,6 +556,55 @@ def table(results: list[dict[str, Any]], noise_cpu: float = 0.1) -> str:
     return "\n".join(lines)
 
 
+def _per_event_us(r: dict[str, Any] | None) -> str:
+    if not r or not r.get("server_cpu_frac") or not r.get("events_per_s"):
+        return "-"
+    return f"{r['server_cpu_frac'] / r['events_per_s'] * 1e6:.1f}"
+
+
+def _lateness(r: dict[str, Any] | None, noise_cpu: float) -> str:
+    if not r:
+        return "-"
+    lat = r["first_token_lateness_ms"]
+    noisy = " †" if r.get("foreign_cpu", 0.0) >= noise_cpu else ""
+    return f"{fmt(lat['p50'], 2)} / {fmt(lat['p99'], 2)}{noisy}"
+
+
+def processes_table(results: list[dict[str, Any]], noise_cpu: float = 0.1) -> str:
+    """``--processes``: capacity and lateness of each N against N=1's."""
+    base = next((r for r in results if r.get("processes") == 1), None)
+    base_ev = base.get("max_events_per_s") if base else None
+    head = (
+        "| processes | max events/s | ratio to N=1 | server CPU µs/event @max | "
+        "CPU (server + loadgen) @max | ft lateness p50 / p99 @50% of N=1's max (ms) | "
+        "server CPU µs/event there | ft lateness p50 / p99 @50% of own max (ms) |"
+    )
+    lines = [head, "|" + "---|" * 8]
+    for r in results:
+        best = [s for s in r.get("rate_steps", []) if s.get("passed")]
+        top = max(best, key=lambda s: s["target_events_per_s"]) if best else None
+        ev = r.get("max_events_per_s") or 0.0
+        ratio = f"{ev / base_ev:.2f}" if base_ev else "-"
+        capped = "≥ " if r.get("rate_capped") else ""
+        cpu = "-"
+        if top:
+            cpu = f"{fmt(top.get('server_cpu_frac'), 2)} + {fmt(top.get('loadgen_cpu_frac'), 2)}"
+        # N=1's run at 50% of its own max is the equal-load run
+        equal = r.get("lateness", {}).get("0.5") if r is base else r.get("equal_load")
+        lines.append(
+            f"| {r.get('processes', 1)} | {capped}{ev:,.0f} | {ratio} | {_per_event_us(top)} | "
+            f"{cpu} | {_lateness(equal, noise_cpu)} | {_per_event_us(equal)} | "
+            f"{_lateness(r.get('lateness', {}).get('0.5'), noise_cpu)} |"
+        )
+    return "\n".join(lines)
+
+
+def load_note() -> str:
+    """What else ran on the machine when the bench ended (it is shared)."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average at the end: {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -497,6 +669,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="hold,rate",
         help="comma list of hold, rate (rate includes the 50%%/90%% lateness runs)",
     )
+    p.add_argument(
+        "--processes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1],
+        help="emulator target: bench 'loadkit emulator --processes N' for each N (e.g. 1,2)",
+    )
+    p.add_argument(
+        "--loadgens",
+        type=int,
+        default=1,
+        help="rate phase: load generator processes (one saturates a core at ~70k events/s), "
+        "each on its own CPU after the server's when the machine has them",
+    )
     p.add_argument("--quick", action="store_true", help="short windows, fewer levels")
     p.add_argument("--out", help="write all results as JSON here")
     a = p.parse_args(argv)
@@ -514,11 +699,30 @@ def _on_term(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_term)
+    cpus = os.cpu_count() or 1
+    if any(n < 1 or SERVER_CPU + n > cpus for n in a.processes):
+        raise SystemExit(f"--processes: each N from 1 to {cpus}, not {a.processes}")
+    if a.loadgens < 1:
+        raise SystemExit(f"--loadgens: 1 or more, not {a.loadgens}")
     results = []
+    targets: list[Target] = []
     for name in a.targets:
         if name not in CANDIDATES and name != "emulator" and not a.server_cmd:
             raise SystemExit(f"unknown target {name!r}")
-        results.append(bench_target(Target(name, a.server_cmd), a))
+        counts = a.processes if name == "emulator" else [1]
+        for n in counts:
+            targets.append(Target(name, a.server_cmd, processes=n, loadgens=a.loadgens))
+            results.append(bench_target(targets[-1], a))
+            if a.out:
+                Path(a.out).write_text(json.dumps(results, indent=1, default=str))
+    compare = len(a.processes) > 1 and "emulator" in a.targets and "rate" in a.phases
+    if compare:
+        base = next(r for r in results if r["target"] == "emulator")
+        for t, r in zip(targets, results, strict=True):
+            if t.name == "emulator" and t.processes > 1 and base["max_events_per_s"]:
+                level = base["max_events_per_s"] * 0.5
+                print(f"== {t.label} at 50% of N=1's max ({level:,.0f} events/s)", flush=True)
+                r["equal_load"] = rate_step(t, a, level, a.lateness_duration)
         if a.out:
             Path(a.out).write_text(json.dumps(results, indent=1, default=str))
     print()
@@ -528,6 +732,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(table(results, a.noise_cpu))
     print(f"† other processes used >= {a.noise_cpu:g} of a benchmark CPU during that run")
+    if compare:
+        print()
+        print(processes_table([r for r in results if r["target"].startswith("emulator")]))
+    print(load_note())
 
 
 if __name__ == "__main__":

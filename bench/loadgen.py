@@ -82,6 +82,17 @@ def proc_cpu_s(pid: int) -> float | None:
         return None
 
 
+def procs_cpu_s(pids: list[int]) -> float | None:
+    """CPU seconds of all ``pids`` (None if one cannot be read)."""
+    total = 0.0
+    for pid in pids:
+        used = proc_cpu_s(pid)
+        if used is None:
+            return None
+        total += used
+    return total
+
+
 def cpu_busy_s() -> dict[str, float]:
     """Busy seconds per CPU from /proc/stat: user+nice+system+steal, and irq+softirq apart."""
     out: dict[str, float] = {}
@@ -335,7 +346,7 @@ class LoadGen:
         self.cpu_window = (ru.ru_utime + ru.ru_stime, 0.0)
         self.cpus = (cpu_busy_s(), {})
         if self.args.server_pid:
-            self.srv_cpu = (proc_cpu_s(self.args.server_pid), None)
+            self.srv_cpu = (procs_cpu_s(self.args.server_pid), None)
 
     def close_window(self) -> None:
         st = self.stats
@@ -346,7 +357,7 @@ class LoadGen:
         self.cpu_window = (self.cpu_window[0], ru.ru_utime + ru.ru_stime)
         self.cpus = (self.cpus[0], cpu_busy_s())
         if self.args.server_pid:
-            self.srv_cpu = (self.srv_cpu[0], proc_cpu_s(self.args.server_pid))
+            self.srv_cpu = (self.srv_cpu[0], procs_cpu_s(self.args.server_pid))
 
     async def open_pool(self, n: int) -> None:
         batch = 500
@@ -515,7 +526,7 @@ class LoadGen:
             out["server_cpu_frac"] = (
                 round((c1 - c0) / win_s, 3) if c0 is not None and c1 is not None else None
             )
-            out["server_mem_mb"] = proc_mem_mb(a.server_pid)
+            out["server_mem_mb"] = proc_mem_mb(a.server_pid[0])
         return out
 
 
@@ -548,7 +559,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="server decode tok/s (for end-of-stream lateness and pool sizing; 0 = unknown)",
     )
     p.add_argument("--cpu", type=int, default=1, help="CPU to pin to (-1: no pinning)")
-    p.add_argument("--server-pid", type=int, default=0, help="sample its CPU and memory")
+    p.add_argument(
+        "--server-pid",
+        type=lambda s: [int(pid) for pid in s.split(",")],
+        default=[],
+        help="sample its CPU and memory (PID[,PID...]: the CPU of all, the memory of the first)",
+    )
     p.add_argument("--hard-timeout", type=float, default=120.0)
     p.add_argument(
         "--source-ips",

@@ -213,7 +213,6 @@ def wait_gone(pids: list[int]) -> list[int]:
     return [p for p in pids if alive(p)]
 
 
-@pytest.mark.slow
 def test_workers_die_with_their_supervisor_and_a_dead_worker_stops_the_emulator() -> None:
     with EmulatorProcess(config=CONFIG, processes=2) as emulator:
         assert emulator.process is not None
@@ -251,7 +250,7 @@ def test_a_distributed_locust_run_against_two_processes_reconciles_exactly(
     the emulator (both processes, merged) received, outcome by outcome."""
     with EmulatorProcess(config=CONFIG, processes=2) as emulator:
         result, data = run_locust(
-            tmp_path, "-u", "16", "-r", "16", "-t", "5s", "--processes", "4",
+            tmp_path, "-u", "16", "-r", "16", "-t", "3s", "--processes", "4",
             "--workload", "workloads/ci.yaml", "--target-url", emulator.base_url,
             env={"ANTHROPIC_API_KEY": "test-key"},
         )  # fmt: skip
