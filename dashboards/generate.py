@@ -20,22 +20,51 @@ SELECTED = (
     '"run_id" =~ /^$run_id$/ AND "model" =~ /^$model$/ AND "speed" =~ /^$speed$/ AND $timeFilter'
 )
 WINDOW = "10s"  # rates are per second over fixed 10 s buckets
+FAILED = "\"outcome\" != 'ok' AND \"outcome\" != 'cancelled'"  # cancellations are no errors
 
-# (title, unit, queries as (ref, InfluxQL), width, height)
+ONLY_TIME = "$timeFilter"
+
+
+def _percentiles(field: str, source: str = '"llm_request"', where: str = SELECTED) -> str:
+    """p50, p95 and p99 of a field by model x speed."""
+    return (
+        f'SELECT percentile("{field}", 50) AS "p50", percentile("{field}", 95) AS "p95", '
+        f'percentile("{field}", 99) AS "p99" FROM {source} WHERE {where} '
+        'GROUP BY time($__interval), "model", "speed" fill(none)'
+    )
+
+
+def _zero_filled_count(name: str, condition: str, group_by: str = "") -> str:
+    """Requests matching ``condition`` per 10 s, 0 where none did. (A count over points a
+    condition leaves out returns no series at all, whatever fill() says; summed with a zero
+    count over every selected request, each window has a value.)"""
+    by = f", {group_by}" if group_by else ""
+    return (
+        f'SELECT sum("n") AS "{name}" FROM '
+        f'(SELECT count("attempts") AS "n" FROM "llm_request" WHERE {condition} AND {SELECTED} '
+        f"GROUP BY time({WINDOW}){by}), "
+        f'(SELECT count("attempts") * 0 AS "n" FROM "llm_request" WHERE {SELECTED} '
+        f"GROUP BY time({WINDOW})) "
+        f"WHERE {ONLY_TIME} GROUP BY time({WINDOW}){by} fill(0)"
+    )
+
+
+# schedule-relative TTFT = TTFT + the start's lateness (queue_ms: 0 closed-loop), per point
+SCHEDULE_TTFT = (
+    '(SELECT "ttft_ms" + "queue_ms" AS "schedule_ttft_ms" FROM "llm_request" WHERE '
+    + SELECTED
+    + ' GROUP BY "model", "speed")'
+)
+TOKEN_HEADROOM = (
+    "standard_input_tokens",
+    "standard_output_tokens",
+    "fast_input_tokens",
+    "fast_output_tokens",
+)
+
+# (title, unit, queries as (ref, InfluxQL))
 PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
-    (
-        "TTFT p50 / p95 / p99 by model x speed",
-        "ms",
-        [
-            (
-                "A",
-                'SELECT percentile("ttft_ms", 50) AS "p50", percentile("ttft_ms", 95) AS "p95", '
-                'percentile("ttft_ms", 99) AS "p99" FROM "llm_request" WHERE '
-                + SELECTED
-                + ' GROUP BY time($__interval), "model", "speed" fill(none)',
-            )
-        ],
-    ),
+    ("TTFT p50 / p95 / p99 by model x speed", "ms", [("A", _percentiles("ttft_ms"))]),
     (
         "OTPS p50 by model x speed",
         "none",
@@ -47,6 +76,17 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
                 + ' GROUP BY time($__interval), "model", "speed" fill(none)',
             )
         ],
+    ),
+    ("E2E p50 / p95 / p99 by model x speed", "ms", [("A", _percentiles("e2e_ms"))]),
+    (
+        "Schedule-relative TTFT p50 / p95 / p99 (from the intended start)",
+        "ms",
+        [("A", _percentiles("schedule_ttft_ms", SCHEDULE_TTFT, ONLY_TIME))],
+    ),
+    (
+        "Start lateness (queue) p50 / p95 / p99: open loop",
+        "ms",
+        [("A", _percentiles("queue_ms"))],
     ),
     (
         "Output tokens / s",
@@ -76,27 +116,18 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         [
             (
                 "A",
-                f'SELECT count("attempts") AS "errors" FROM "llm_request" WHERE '
-                f"\"outcome\" != 'ok' AND \"outcome\" != 'cancelled' AND {SELECTED} "
-                f'GROUP BY time({WINDOW}), "outcome" fill(none)',
-            )
+                f'SELECT count("attempts") AS "errors" FROM "llm_request" WHERE {FAILED} AND '
+                f'{SELECTED} GROUP BY time({WINDOW}), "error_type" fill(0)',
+            ),
+            ("B", _zero_filled_count("all_errors", FAILED)),
         ],
     ),
     (
         "429s and fallbacks",
         "short",
         [
-            (
-                "A",
-                f'SELECT count("attempts") AS "rate_limited" FROM "llm_request" WHERE '
-                f"\"outcome\" = 'rate_limited' AND {SELECTED} "
-                f"GROUP BY time({WINDOW}) fill(0)",
-            ),
-            (
-                "B",
-                f'SELECT count("attempts") AS "fell_back" FROM "llm_request" WHERE '
-                f"\"fallback\" = 'true' AND {SELECTED} GROUP BY time({WINDOW}) fill(0)",
-            ),
+            ("A", _zero_filled_count("rate_limited", "\"outcome\" = 'rate_limited'")),
+            ("B", _zero_filled_count("fell_back", "\"fallback\" = 'true'")),
             (
                 "C",
                 f'SELECT sum("responses_429") AS "responses_429" FROM "llm_request" WHERE '
@@ -105,18 +136,27 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
-        "Rate-limit headroom (remaining)",
+        "Rate-limit headroom: requests remaining",
         "short",
         [
             (
                 "A",
-                'SELECT last("standard_input_tokens_remaining") AS "input_tokens", '
-                'last("standard_output_tokens_remaining") AS "output_tokens", '
-                'last("standard_requests_remaining") AS "requests", '
-                'last("fast_input_tokens_remaining") AS "fast_input_tokens", '
-                'last("fast_output_tokens_remaining") AS "fast_output_tokens" '
-                'FROM "llm_ratelimit" WHERE ' + SELECTED + ' GROUP BY time($__interval), "model", '
-                '"speed" fill(none)',
+                'SELECT last("standard_requests_remaining") AS "requests" FROM "llm_ratelimit" '
+                "WHERE " + SELECTED + ' GROUP BY time($__interval), "model", "speed" fill(none)',
+            )
+        ],
+    ),
+    (
+        "Rate-limit headroom: tokens remaining",
+        "short",
+        [
+            (
+                "A",
+                "SELECT "
+                + ", ".join(f'last("{name}_remaining") AS "{name}"' for name in TOKEN_HEADROOM)
+                + ' FROM "llm_ratelimit" WHERE '
+                + SELECTED
+                + ' GROUP BY time($__interval), "model", "speed" fill(none)',
             )
         ],
     ),

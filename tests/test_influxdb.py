@@ -175,75 +175,172 @@ def series_values(result: dict[str, Any]) -> list[dict[str, Any]]:
     return statement.get("series", [])
 
 
+def dashboard_run(
+    tmp_path: Path, url: str, name: str, emulator: dict[str, Any], *args: str
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """Start a run writing its points to ``url`` and to a line file; (process, lines, summary)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    line_file = folder / "points.lp"
+    command, env = locust_command(
+        folder, url, *args, "--influxdb-line-file", str(line_file), emulator=emulator
+    )
+    process = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    return process, line_file, folder / "summary.json"
+
+
+def dashboard_results(influx: InfluxDB1, run_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Every panel's every query, on this run's points: 'title/refId' -> series."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    results: dict[str, list[dict[str, Any]]] = {}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            query = grafana_to_influxql(target["query"], run_id)
+            results[f"{panel['title']}/{target['refId']}"] = series_values(influx.query(query))
+    for variable in dashboard["templating"]["list"]:
+        values = series_values(influx.query(variable["query"]))
+        assert values, variable["name"]
+    annotation = dashboard["annotations"]["list"][0]["query"]
+    assert series_values(influx.query(grafana_to_influxql(annotation, run_id)))
+    return results
+
+
+def column(
+    results: dict[str, list[dict[str, Any]]], key: str, name: str, **tags: str
+) -> list[float]:
+    """A column's values over the series whose tags match ``tags``, in time order."""
+    out = []
+    for series in results[key]:
+        if any(series.get("tags", {}).get(k) != v for k, v in tags.items()):
+            continue
+        index = series["columns"].index(name)
+        out.extend(row[index] for row in series["values"] if row[index] is not None)
+    return out
+
+
+TTFT = "TTFT p50 / p95 / p99 by model x speed/A"
+E2E = "E2E p50 / p95 / p99 by model x speed/A"
+SCHEDULE_TTFT = "Schedule-relative TTFT p50 / p95 / p99 (from the intended start)/A"
+QUEUE = "Start lateness (queue) p50 / p95 / p99: open loop/A"
+LIMITED, FELL_BACK, RESPONSES_429 = (f"429s and fallbacks/{ref}" for ref in "ABC")
+
+
+def by_time(results: dict[str, list[dict[str, Any]]], key: str, name: str) -> dict[Any, float]:
+    """(model, speed, time) -> value, for comparing two percentile panels bucket by bucket."""
+    out = {}
+    for series in results[key]:
+        index = series["columns"].index(name)
+        for row in series["values"]:
+            if row[index] is not None:
+                out[(series["tags"]["model"], series["tags"]["speed"], row[0])] = row[index]
+    return out
+
+
 @pytest.mark.slow
 def test_every_dashboard_query_runs_on_influxdb_1(
     victoria: VictoriaMetrics, tmp_path: Path
 ) -> None:
-    line_file = tmp_path / "points.lp"
-    # A tight fast-mode limit and the standard fallback, so that 429s and fallbacks show too.
+    """Two real runs at once: closed loop with a tight fast-mode limit and the standard
+    fallback (429s, fallbacks, errors), and open loop with no limits (no 429 at all: the
+    count panels must still give zeros, not nothing)."""
     tight = {
         **EMULATOR,
         "fast_mode": {"input_tokens_per_minute": 600},
         "rate_limits": {"haiku": {"requests_per_minute": 60}},
     }
-    command, env = locust_command(
-        tmp_path, victoria.url, "-u", "12", "-r", "12", "-t", "6s", "--fallback", "standard",
-        "--influxdb-line-file", str(line_file), emulator=tight,
+    limited_run = dashboard_run(
+        tmp_path, victoria.url, "limited", tight, "-u", "12", "-r", "12", "-t", "6s",
+        "--fallback", "standard",
     )  # fmt: skip
-    subprocess.run(command, capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
-    data = json.loads((tmp_path / "summary.json").read_text())
-    run_id, total = data["run_id"], data["total"]
+    open_run = dashboard_run(
+        tmp_path, victoria.url, "open", {**EMULATOR, "rate_limits": {}}, "-u", "4", "-r", "4",
+        "-t", "5s", "--arrival-rate", "30",
+    )  # fmt: skip
+    runs = []
+    for process, line_file, summary in (limited_run, open_run):
+        process.wait(timeout=180)
+        runs.append((line_file.read_text(), json.loads(summary.read_text())))
     influx = InfluxDB1(tmp_path)
     influx.start()
     try:
-        influx.write_lines(line_file.read_text())
-        dashboard = json.loads(DASHBOARD.read_text())
-        results: dict[str, list[dict[str, Any]]] = {}
-        for panel in dashboard["panels"]:
-            for target in panel["targets"]:
-                query = grafana_to_influxql(target["query"], run_id)
-                results[f"{panel['title']}/{target['refId']}"] = series_values(influx.query(query))
-        for variable in dashboard["templating"]["list"]:
-            values = series_values(influx.query(variable["query"]))
-            assert values, variable["name"]
-        annotation = dashboard["annotations"]["list"][0]["query"]
-        assert series_values(influx.query(grafana_to_influxql(annotation, run_id)))
+        for lines, _ in runs:
+            influx.write_lines(lines)
+        (_, data), (_, open_data) = runs
+        results = dashboard_results(influx, data["run_id"])
+        open_results = dashboard_results(influx, open_data["run_id"])
     finally:
         influx.stop()
-
-    def column(key: str, name: str, model: str | None = None) -> list[float]:
-        out = []
-        for series in results[key]:
-            if model is not None and series["tags"]["model"] != model:
-                continue
-            index = series["columns"].index(name)
-            out.extend(row[index] for row in series["values"] if row[index] is not None)
-        return out
+    total = data["total"]
 
     assert all(results.values()), [k for k, v in results.items() if not v]
-    groups = {
-        (s["tags"]["model"], s["tags"]["speed"])
-        for s in results["TTFT p50 / p95 / p99 by model x speed/A"]
-    }
+    groups = {(s["tags"]["model"], s["tags"]["speed"]) for s in results[TTFT]}
     assert groups == {(g["model"], g["speed"]) for g in data["groups"] if g["ttft_ms"]["p50"]}
-    p50s = column("TTFT p50 / p95 / p99 by model x speed/A", "p50")
+    p50s = column(results, TTFT, "p50")
     assert min(p50s) > 50 and max(p50s) < 5000
-    requests = sum(column("Requests / s by outcome/A", "requests_per_s")) * 10
+    e2e = by_time(results, E2E, "p50")
+    assert {key[:2] for key in e2e} == groups  # every group's E2E
+    ttft = by_time(results, TTFT, "p50")
+    assert all(e2e[key] > ttft[key] for key in e2e.keys() & ttft.keys())
+    # closed loop: no start is late, so schedule-relative TTFT is TTFT, bucket by bucket
+    assert by_time(results, SCHEDULE_TTFT, "p99") == pytest.approx(by_time(results, TTFT, "p99"))
+    assert set(column(results, QUEUE, "p99")) == {0}
+    requests = sum(column(results, "Requests / s by outcome/A", "requests_per_s")) * 10
     assert requests == pytest.approx(total["requests"] + total["cancelled"])  # by outcome
-    output = sum(column("Output tokens / s/A", "output_tokens_per_s")) * 10
+    output = sum(column(results, "Output tokens / s/A", "output_tokens_per_s")) * 10
     assert output == pytest.approx(total["output_tokens"])
-    errors = sum(column("Errors by type/A", "errors"))
-    assert errors == total["failures"]  # cancellations are not errors
-    assert max(column("Users/A", "users")) == 12
-    assert column("Cumulative estimated cost (USD)/A", "cost_usd")[-1] == pytest.approx(
+    # errors by the API's error type (cancellations are not errors)
+    by_type: Counter[str] = Counter()
+    for series in results["Errors by type/A"]:
+        by_type[series["tags"]["error_type"]] += sum(row[1] for row in series["values"])
+    expected: Counter[str] = Counter()
+    for key, count in total["failures_by_type"].items():
+        expected[key.split(": ", 1)[1]] += count
+    assert by_type == expected and sum(expected.values()) == total["failures"] > 0
+    assert sum(column(results, "Errors by type/B", "all_errors")) == total["failures"]
+    assert max(column(results, "Users/A", "users")) == 12
+    assert column(results, "Cumulative estimated cost (USD)/A", "cost_usd")[-1] == pytest.approx(
         total["cost_usd"], rel=1e-6
     )
-    headroom = column("Rate-limit headroom (remaining)/A", "requests", "claude-haiku-4-5")
-    assert headroom and max(headroom) <= 60
-    assert sum(column("429s and fallbacks/A", "rate_limited")) == total["rate_limited"] > 0
-    assert sum(column("429s and fallbacks/B", "fell_back")) == total["fallback"]["fell_back"] > 0
-    assert sum(column("429s and fallbacks/C", "responses_429")) == total["responses_429"]
+    # headroom: requests and tokens on panels (axes) of their own
+    requests_left = results["Rate-limit headroom: requests remaining/A"]
+    assert {c for s in requests_left for c in s["columns"]} == {"time", "requests"}
+    haiku = column(
+        results, "Rate-limit headroom: requests remaining/A", "requests", model="claude-haiku-4-5"
+    )
+    assert haiku and max(haiku) <= 60
+    tokens_left = results["Rate-limit headroom: tokens remaining/A"]
+    assert "requests" not in {c for s in tokens_left for c in s["columns"]}
+    fast = column(
+        results, "Rate-limit headroom: tokens remaining/A", "fast_input_tokens", speed="fast"
+    )
+    assert fast and max(fast) <= 600
+    assert sum(column(results, LIMITED, "rate_limited")) == total["rate_limited"] > 0
+    assert sum(column(results, FELL_BACK, "fell_back")) == total["fallback"]["fell_back"] > 0
+    assert sum(column(results, RESPONSES_429, "responses_429")) == total["responses_429"]
     assert total["responses_429"] >= total["rate_limited"]
+
+    # The run with no 429: every count panel still has a series, of zeros.
+    open_total = open_data["total"]
+    assert open_total["responses_429"] == 0 and open_total["failures"] == 0
+    counts = [
+        (LIMITED, "rate_limited"),
+        (FELL_BACK, "fell_back"),
+        (RESPONSES_429, "responses_429"),
+        ("Errors by type/B", "all_errors"),
+    ]
+    for key, name in counts:
+        zeros = column(open_results, key, name)
+        assert zeros and set(zeros) == {0}, key
+    # open loop: starts went out late behind the in-flight users, and schedule-relative TTFT
+    # counts that lateness
+    assert max(column(open_results, QUEUE, "p99")) > 0
+    open_ttft = by_time(open_results, TTFT, "p99")
+    open_schedule = by_time(open_results, SCHEDULE_TTFT, "p99")
+    assert open_schedule.keys() == open_ttft.keys()
+    assert all(open_schedule[k] >= open_ttft[k] for k in open_ttft)
+    assert any(open_schedule[k] > open_ttft[k] for k in open_ttft)
 
 
 def test_compose_provisioning_and_code_agree() -> None:

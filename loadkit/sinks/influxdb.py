@@ -122,12 +122,13 @@ class LineFormatter:
             optional += f",e2e_ms={e2e}"
         if otps is not None:
             optional += f",otps={otps}"
-        if r.error_type:
-            optional += f",error_type={_string_field(r.error_type)}"
+        # a tag (a short list of API error types and exception names), so that dashboards
+        # can group failures by it
+        error_tag = f",error_type={_tag(r.error_type)}" if r.error_type else ""
         return (
             f"{REQUEST},{self.common},scenario={_tag(r.scenario)},model={_tag(r.model)},"
             f"speed={r.speed},served_speed={r.served_speed or 'none'},"
-            f"outcome={r.outcome.value},fallback={'true' if r.fell_back else 'false'} "
+            f"outcome={r.outcome.value},fallback={'true' if r.fell_back else 'false'}{error_tag} "
             f"attempts={len(r.attempts)}i,responses_429={r.responses_429}i,status={r.status}i,"
             f"input_tokens={r.input_tokens}i,"
             f"output_tokens={r.output_tokens}i,cache_read_tokens={r.cache_read_input_tokens}i,"
