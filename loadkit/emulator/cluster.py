@@ -13,6 +13,12 @@ So ``GET /_emulator/stats`` and ``GET /_emulator/served`` on any worker answer f
 them, and a ``POST /_emulator/config`` or ``/_emulator/reset`` on any worker has reached every
 worker when it is answered, in the same order everywhere. Rate limits and the prompt cache
 are shared, not merged (``sharedlimits``, ``sharedcache``).
+
+Cost: a sibling encodes its whole answer at once (its served log: up to ``served_log_size``
+records, some tens of MB at the default 100,000), which holds up that worker's streams for as
+long; a single-process emulator sends its log in slices between them. Read ``served`` of a
+busy multi-process emulator after the run; ``stats`` is small (and its lateness samples,
+8 bytes each).
 """
 
 from __future__ import annotations
