@@ -136,6 +136,7 @@ class Target:
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="emubench-")))
     processes: int = 1  # loadkit emulator --processes
     loadgens: int = 1  # load generator processes in the rate phase, each a share of the rate
+    server_cpus: list[int] | None = None  # instead of CPUs 0..N-1
 
     @property
     def label(self) -> str:
@@ -143,14 +144,16 @@ class Target:
 
     @property
     def cpus(self) -> set[int]:
-        """Where the server runs: CPU 0, or CPUs 0..N-1 for N processes."""
+        """Where the server runs: CPU 0, or CPUs 0..N-1 for N processes (or --server-cpus)."""
+        if self.server_cpus:
+            return set(self.server_cpus)
         return set(range(SERVER_CPU, SERVER_CPU + self.processes))
 
     @property
     def loadgen_cpus(self) -> list[int]:
         """Each load generator's CPU: the ones after the server's (CPU 1 for one server
         process), or -1 (the scheduler's choice) for all when the machine has too few."""
-        first = SERVER_CPU + self.processes
+        first = max(self.cpus) + 1
         if first + self.loadgens <= (os.cpu_count() or 1):
             return list(range(first, first + self.loadgens))
         return [-1] * self.loadgens
@@ -682,6 +685,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rate phase: load generator processes (one saturates a core at ~70k events/s), "
         "each on its own CPU after the server's when the machine has them",
     )
+    p.add_argument(
+        "--server-cpus",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="pin the server to these CPUs (default: 0..N-1 for N processes), e.g. 0 to put "
+        "two processes on one core and see what the second process costs",
+    )
     p.add_argument("--quick", action="store_true", help="short windows, fewer levels")
     p.add_argument("--out", help="write all results as JSON here")
     a = p.parse_args(argv)
@@ -711,7 +721,11 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"unknown target {name!r}")
         counts = a.processes if name == "emulator" else [1]
         for n in counts:
-            targets.append(Target(name, a.server_cmd, processes=n, loadgens=a.loadgens))
+            targets.append(
+                Target(
+                    name, a.server_cmd, processes=n, loadgens=a.loadgens, server_cpus=a.server_cpus
+                )
+            )
             results.append(bench_target(targets[-1], a))
             if a.out:
                 Path(a.out).write_text(json.dumps(results, indent=1, default=str))
