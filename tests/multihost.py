@@ -80,6 +80,7 @@ class Stack:
         self.relays: dict[str, subprocess.Popen[bytes]] = {}
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
         self.master: subprocess.Popen[bytes] | None = None
+        self.emulator: subprocess.Popen[bytes] | None = None
         self.victoria: VictoriaMetrics | None = None
         host = topology.hosts["emulator"]
         self.emulator_url = f"http://{host.address}:{EMULATOR_PORT}"  # through the relay
@@ -103,7 +104,7 @@ class Stack:
         config, workload = self.folder / "emulator.yaml", self.folder / "workload.yaml"
         config.write_text(yaml.safe_dump(EMULATOR_CONFIG))
         workload.write_text(yaml.safe_dump(WORKLOAD))
-        topology.start(
+        self.emulator = topology.start(
             "emulator",
             [PYTHON, "-m", "loadkit", "emulator", "--host", "127.0.0.1",
              "--port", str(EMULATOR_PORT + 1), "--config", str(config), "--seed", "7"],
@@ -145,9 +146,15 @@ class Stack:
                 env=env, cwd=ROOT,
             )  # fmt: skip
 
-    def _wait_emulator(self, timeout: float = 30) -> None:
+    def log_of(self, popen: subprocess.Popen[bytes] | None) -> str:
+        process = next(p for p in self.topology.processes if p.popen is popen)
+        return process.log.read_text(errors="replace")
+
+    def _wait_emulator(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while True:
+            if self.emulator is not None and self.emulator.poll() is not None:
+                raise RuntimeError(f"the emulator exited: {self.log_of(self.emulator)[-3000:]}")
             try:
                 httpx2.get(f"{self.emulator_url}/_emulator/health", timeout=2).raise_for_status()
                 return
@@ -176,8 +183,7 @@ class Stack:
         return time.monotonic()
 
     def master_log(self) -> str:
-        process = next(p for p in self.topology.processes if p.popen is self.master)
-        return process.log.read_text(errors="replace")
+        return self.log_of(self.master)
 
     def wait_master(self, timeout: float) -> tuple[int, dict[str, Any] | None]:
         """The master's exit code and its summary JSON (None if none was written)."""
