@@ -65,7 +65,9 @@ def _free_subnet() -> ipaddress.IPv4Network:
         with contextlib.suppress(ValueError):
             used.append(ipaddress.ip_network(first, strict=False))
     for _ in range(100):
-        net = ipaddress.ip_network(f"10.{200 + secrets.randbelow(8)}.{secrets.randbelow(256)}.0/24")
+        net = ipaddress.IPv4Network(
+            f"10.{200 + secrets.randbelow(8)}.{secrets.randbelow(256)}.0/24"
+        )
         if not any(net.overlaps(other) for other in used if other.prefixlen > 0):
             return net
     raise TopologyError("no free /24 subnet in 10.200.0.0/13")
