@@ -41,6 +41,7 @@ from loadkit.emulator.config import ConfigError, config_from_mapping
 from loadkit.emulator.errors import ApiError, invalid
 from loadkit.emulator.http import Connection, Request
 from loadkit.emulator.limits import RateLimits
+from loadkit.emulator.looplag import LoopLag, merge
 from loadkit.emulator.service import Service
 from loadkit.emulator.sharedcache import RemoteCache
 from loadkit.emulator.sharedlimits import SharedBuckets
@@ -77,6 +78,7 @@ class Cluster:
         self.service = service
         self._lead_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.loop_lag: LoopLag | None = None  # set by the server once its loop runs
         service.limits = RateLimits(worker.buckets, worker.buckets.lock)
         service.cache = worker.cache
         service.configure(service.config)
@@ -125,6 +127,9 @@ class Cluster:
             )
         merged = merge_snapshots([part["snapshot"] for part in parts], lateness)
         merged["connections_opened"] = sum(p["connections_opened"] for p in processes)
+        lags = [part["loop_lag"] for part in parts if part.get("loop_lag")]
+        if lags:
+            merged["event_loop_lag_ms"] = merge(lags)
         merged["processes"] = processes
         return merged
 
@@ -218,6 +223,7 @@ class Cluster:
             "snapshot": stats.snapshot(),
             "connections_opened": Connection.opened,
             "lateness_ms": base64.b64encode(stats.lateness_ms().tobytes()).decode("ascii"),
+            "loop_lag": self.loop_lag.raw() if self.loop_lag is not None else None,
         }
 
     def own_served(self, request_id: str | None) -> dict[str, Any]:

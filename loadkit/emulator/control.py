@@ -7,6 +7,10 @@ the harness reads stats for its accounting), ``GET config`` (it lists the accept
 ``Authorization: Bearer <token>`` or ``x-loadkit-control-token: <token>``; without it they get
 401 ``authentication_error``. The token is never logged or echoed.
 
+``POST block?ms=N`` (a test's control: it proves the event-loop lag figure in stats sees a
+stalled loop) holds this process's event loop for N ms (at most ``MAX_BLOCK_MS``) before
+answering. It exists only with a control token set (404 without one) and needs the token.
+
 With ``--processes N`` (``cluster`` set), stats and served answer for every process (stats
 also list each one's totals under ``processes``) and config and reset reach every process
 before they are answered; see ``loadkit.emulator.cluster``.
@@ -14,6 +18,7 @@ before they are answered; see ``loadkit.emulator.cluster``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -22,12 +27,14 @@ from loadkit.emulator import auth, jsonbody, sse, wire
 from loadkit.emulator.config import ConfigError
 from loadkit.emulator.errors import ApiError, invalid
 from loadkit.emulator.http import Connection, Request, chunk
+from loadkit.emulator.looplag import LoopLag
 from loadkit.emulator.service import Service
 from loadkit.emulator.stats import served_dict
 
 if TYPE_CHECKING:
     from loadkit.emulator.cluster import Cluster
 
+MAX_BLOCK_MS = 1000
 SERVED_BATCH = 256  # records per chunk of GET /_emulator/served (a few ms of encoding)
 # Control endpoints any client may read, with or without a control token.
 OPEN_CONTROL = {("GET", "health"), ("GET", "stats"), ("GET", "served")}
@@ -38,6 +45,7 @@ class Control:
         self.service = service
         self._token = control_token.encode() if control_token else None
         self.cluster: Cluster | None = None  # set in each process of a --processes emulator
+        self.loop_lag: LoopLag | None = None  # set by the server once its loop runs
 
     def handle(self, conn: Connection, request: Request, action: str) -> None:
         method = request.method
@@ -50,6 +58,8 @@ class Control:
         if action == "stats" and method == "GET":
             snapshot = service.stats.snapshot()
             snapshot["connections_opened"] = Connection.opened
+            if self.loop_lag is not None:
+                snapshot["event_loop_lag_ms"] = self.loop_lag.snapshot()
             wire.send_json(conn, 200, snapshot, headers)
         elif action == "served" and method == "GET":
             self._served(conn, request)
@@ -66,6 +76,12 @@ class Control:
         elif action == "reset" and method == "POST":
             service.reset()
             wire.send_json(conn, 200, {"reset": True}, headers)
+        elif action == "block" and method == "POST" and self._token is not None:
+            ms = _query_int(dict(parse_qsl(request.query)), "ms")
+            if ms is None or ms > MAX_BLOCK_MS:
+                raise invalid(f"ms: an integer from 0 to {MAX_BLOCK_MS} is required")
+            time.sleep(ms / 1000.0)  # on purpose: the loop stalls, as a long callback would
+            wire.send_json(conn, 200, {"blocked_ms": ms}, headers)
         elif action == "health" and method == "GET":
             wire.send_json(conn, 200, {"status": "ok"}, headers)
         else:

@@ -25,6 +25,7 @@ from loadkit.emulator.app import Emulator
 from loadkit.emulator.cluster import Cluster, Worker
 from loadkit.emulator.config import EmulatorConfig
 from loadkit.emulator.http import Connection, HttpCounters, HttpSettings
+from loadkit.emulator.looplag import LoopLag
 from loadkit.gctune import tune_gc
 
 
@@ -58,6 +59,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     emulator = Emulator(config, seed, control_token=control_token)
     settings, counters = emulator.http_settings, emulator.stats.http
+    loop_lag = LoopLag(loop)
+    loop_lag.start()
+    emulator.control.loop_lag = loop_lag
 
     def connection() -> Connection:
         return Connection(emulator.handle, settings, counters)
@@ -67,6 +71,7 @@ async def serve(
     else:
         server = await loop.create_server(connection, sock=reuse_port_socket(host, port))
         cluster = Cluster(worker, emulator.service)
+        cluster.loop_lag = loop_lag
         emulator.control.cluster = cluster
         # Siblings' requests: limits and counts of their own, apart from the public ones.
         own_settings, own_counters = HttpSettings(), HttpCounters()
