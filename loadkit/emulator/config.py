@@ -26,6 +26,9 @@ from loadkit.distributions import Distribution, LogNormal
 from loadkit.yamlfiles import describe_validation_error, read_yaml
 
 FAST_MODE_BETA = "fast-mode-2026-02-01"
+# A standard-speed request with more input tokens than this draws on its class's long-context
+# rate-limit pool (rate limits page, "Long context rate limits": "requests exceeding 200K").
+LONG_CONTEXT_TOKENS = 200_000
 
 # Bounds shared by several fields.
 MAX_COUNT = 10_000_000  # streams, queue places, cache entries, tokens
@@ -120,6 +123,39 @@ class RateLimit(_Strict):
     requests_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
     input_tokens_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
     output_tokens_per_minute: float | None = Field(default=None, gt=0, le=MAX_PER_MINUTE)
+    long_context_input_tokens_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_PER_MINUTE,
+        description="the pool of standard requests over 200K input tokens",
+    )
+    long_context_output_tokens_per_minute: float | None = Field(
+        default=None, gt=0, le=MAX_PER_MINUTE
+    )
+
+
+class AccelerationLimit(_Strict):
+    """429s for a sharp increase in the organisation's usage, below every per-minute limit.
+
+    The documented behaviour has no numbers; loadkit's model: every request passes through an
+    allowance that refills at ``growth`` times the organisation's recent request rate (an
+    exponential average over ``window_s``), at least ``initial_requests_per_minute``, and
+    holds ``burst_s`` seconds of it. A steady ramp raises the allowance with it.
+    """
+
+    enabled: bool = True
+    initial_requests_per_minute: float = Field(
+        default=30_000, gt=0, le=MAX_PER_MINUTE, description="the allowance with no recent usage"
+    )
+    growth: float = Field(
+        default=3.0, ge=1, le=1000, description="the allowance over the recent request rate"
+    )
+    window_s: float = Field(
+        default=2.0, ge=0.01, le=86400, description="averaging time of the recent request rate"
+    )
+    burst_s: float = Field(
+        default=1.0, ge=0.01, le=3600, description="the allowance's depth, in seconds of it"
+    )
 
 
 class FastModeLimit(_Strict):
@@ -236,11 +272,15 @@ def _default_rate_limits() -> dict[str, RateLimit]:
             requests_per_minute=4000,
             input_tokens_per_minute=2_000_000,
             output_tokens_per_minute=400_000,
+            long_context_input_tokens_per_minute=1_000_000,
+            long_context_output_tokens_per_minute=200_000,
         ),
         "sonnet": RateLimit(
             requests_per_minute=4000,
             input_tokens_per_minute=2_000_000,
             output_tokens_per_minute=400_000,
+            long_context_input_tokens_per_minute=1_000_000,
+            long_context_output_tokens_per_minute=200_000,
         ),
         "haiku": RateLimit(
             requests_per_minute=4000,
@@ -267,8 +307,10 @@ class EmulatorConfig(_Strict):
     tokens_per_delta: int = Field(
         default=3, ge=1, le=1000, description="tokens in each delta after the first"
     )
+    acceleration_limit: AccelerationLimit = Field(default_factory=AccelerationLimit)
     fractional_retry_after: bool = Field(
-        default=False, description="send retry-after with decimals instead of whole seconds"
+        default=False,
+        description="send retry-after with decimals; the API sends whole seconds (for tests)",
     )
     faults: Faults = Field(default_factory=Faults)
     cache: Cache = Field(default_factory=Cache)

@@ -90,6 +90,7 @@ class Job:
         "finished",
         "handle",
         "host",
+        "long_context",
         "max_tokens",
         "plan",
         "prompt_breakpoints",
@@ -128,6 +129,7 @@ class Job:
         self.stream = stream
         self.max_tokens = max_tokens
         self.reserved_output = max_tokens  # output tokens charged at admission
+        self.long_context = False  # its tokens are charged to the long-context pool
         self.plan = plan
         self.counters = counters
         self.prompt_breakpoints = plan.cache.to_store
@@ -154,7 +156,7 @@ class Job:
     def _headers(self, queue_ms: float) -> wire.Headers:
         host = self.host
         limits = host.limits.headers(
-            self.runtime.profile.rate_limit_class, self.speed, host.loop.time()
+            self.runtime.profile.rate_limit_class, self.speed, host.loop.time(), self.long_context
         )
         return wire.response_headers(
             self.request_id, host.organization_id, limits, self.plan, queue_ms

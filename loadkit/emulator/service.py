@@ -127,9 +127,14 @@ class Service:
         # Output tokens: max_tokens reserved now and settled at the end, as the rate limits
         # page documents, or (generated_only) only the tokens generated, at the end.
         reserved = max_tokens if self.config.output_token_accounting == "reserve_max_tokens" else 0
-        limited = self.limits.charge(profile.rate_limit_class, speed, charged_input, reserved, now)
+        long_context = self.limits.is_long_context(speed, prompt.tokens)
+        limited = self.limits.charge(
+            profile.rate_limit_class, speed, charged_input, reserved, now, long_context
+        )
         if limited is not None:
-            self._rate_limited(conn, request_id, counters, runtime, speed, limited, now)
+            self._rate_limited(
+                conn, request_id, counters, runtime, speed, limited, now, long_context
+            )
             return
 
         plan = draw_plan(
@@ -151,6 +156,7 @@ class Service:
             self, conn, request, request_id, runtime, speed, stream, max_tokens, plan, counters
         )
         job.reserved_output = reserved
+        job.long_context = long_context
         conn.on_lost = job.client_gone
         if rng.random() < faults.slow_first_byte_rate:
             job.handle = self.loop.call_later(faults.slow_first_byte_ms / 1000.0, self._admit, job)
@@ -185,14 +191,19 @@ class Service:
         speed: str,
         limited: Limited,
         now: float,
+        long_context: bool,
     ) -> None:
         counters.rate_limited += 1
+        if limited.scope == "acceleration":
+            counters.acceleration_limited += 1
         self.log_rejection(request_id, runtime.name, speed, "rate_limited")
-        message = wire.rate_limit_message(limited, speed)
+        message = wire.rate_limit_message(limited)
         retry_after = wire.retry_after(limited.wait_s, self.config.fractional_retry_after)
         headers = wire.id_headers(request_id, self.organization_id)
         headers.append(("retry-after", retry_after))
-        headers.extend(self.limits.headers(runtime.profile.rate_limit_class, speed, now))
+        headers.extend(
+            self.limits.headers(runtime.profile.rate_limit_class, speed, now, long_context)
+        )
         body = sse.error_body("rate_limit_error", message, request_id)
         wire.send_json(conn, 429, body, headers)
 
@@ -218,6 +229,7 @@ class Service:
             job.reserved_output,
             job.sent_tokens,
             self.loop.time(),
+            job.long_context,
         )
         if job.service_start:
             job.runtime.release()

@@ -21,7 +21,8 @@ from typing import Any
 
 from loadkit.emulator.limits import Bucket
 
-SLOTS = 1024  # buckets: 3 per limit class (at most 100 classes) and 2 for fast mode, with room
+SLOTS = 1024  # buckets: 3 per limit class and 2 for its long-context pool (at most 100
+# classes), 2 for fast mode and 2 for the acceleration limit, with room
 FIELDS = 5
 _CAPACITY, _RATE, _LEVEL, _STAMP, _ACTIVE = range(FIELDS)
 KEY_BYTES = 16
@@ -111,7 +112,9 @@ class SharedBuckets:
         self._slots[digest] = used
         return used
 
-    def bucket(self, key: str, per_minute: float, now: float, old: Bucket | None) -> Bucket:
+    def bucket(
+        self, key: str, per_minute: float, now: float, old: Bucket | None, empty: bool = False
+    ) -> Bucket:
         slot = self._slot(key, create=True)
         assert slot is not None
         shared = SharedBucket(self._mem, slot)
@@ -121,7 +124,7 @@ class SharedBuckets:
         mem = self._mem
         mem[base + _CAPACITY] = per_minute
         mem[base + _RATE] = per_minute / 60.0
-        mem[base + _LEVEL] = per_minute
+        mem[base + _LEVEL] = 0.0 if empty else per_minute
         mem[base + _STAMP] = now
         mem[base + _ACTIVE] = 1.0
         return shared

@@ -61,6 +61,7 @@ class Counters:
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    acceleration_limited: int = 0  # of rate_limited: refused by the acceleration limit
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in COUNTER_FIELDS}

@@ -60,11 +60,25 @@ def retry_after(wait_s: float, fractional: bool) -> str:
     return str(max(1, math.ceil(wait_s)))
 
 
-def rate_limit_message(limited: Limited, speed: str) -> str:
-    scope = "fast mode rate limit" if speed == "fast" else "rate limit"
+RATE_LIMIT_SCOPES = {
+    "standard": "rate limit",
+    "long_context": "long context rate limit",
+    "fast": "fast mode rate limit",
+}
+
+
+def rate_limit_message(limited: Limited) -> str:
+    """The 429's message, "describing which rate limit was exceeded" (rate limits page)."""
+    if limited.scope == "acceleration":
+        # The page's own words for it ("Rate limits"); it documents no other message.
+        return (
+            "Your organization has a sharp increase in usage and hit the API's acceleration "
+            "limits. To avoid hitting acceleration limits, ramp up your traffic gradually "
+            "and maintain consistent usage patterns."
+        )
     return (
-        f"This request would exceed your organization's {scope} of "
-        f"{int(limited.limit):,} {limited.kind} per minute. Please retry after the "
+        f"This request would exceed your organization's {RATE_LIMIT_SCOPES[limited.scope]} "
+        f"of {int(limited.limit):,} {limited.kind} per minute. Please retry after the "
         "time given in the retry-after header."
     )
 

@@ -1,0 +1,126 @@
+"""The acceleration limit, through the SDK: 429s for a sharp increase in usage, below every
+per-minute limit.
+
+The rate limits page (platform.claude.com/docs/en/api/rate-limits, "Rate limits", as of
+2026-11): "You might also encounter 429 errors due to acceleration limits on the API if your
+organization has a sharp increase in usage. To avoid hitting acceleration limits, ramp up your
+traffic gradually and maintain consistent usage patterns." A 429 comes "along with a
+retry-after header indicating how long to wait". The page gives no numbers: loadkit's model
+and its defaults are in docs/emulator-config.yaml (``acceleration_limit``).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import anthropic
+import httpx2
+
+from loadkit.emulator.config import EmulatorConfig
+from loadkit.emulator.launcher import EmulatorProcess
+
+from .conftest import QUICK_MODELS, Control
+
+HELLO = [{"role": "user", "content": "hello"}]
+# An allowance of 10 requests/s holding 1 s of it, that hardly grows with use (a day's window).
+STEADY = {"initial_requests_per_minute": 600, "growth": 1, "window_s": 86400, "burst_s": 1}
+
+
+def _burst(base_url: str, n: int) -> list[Any]:
+    """``n`` requests at once, no retries: each one's status and its 429's headers/body."""
+    client = anthropic.Anthropic(api_key="k", base_url=base_url, max_retries=0)
+
+    def one(_: int) -> Any:
+        try:
+            client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HELLO)
+            return 200
+        except anthropic.RateLimitError as err:
+            return err
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_acceleration_limit_is_on_by_default() -> None:
+    assert EmulatorConfig().acceleration_limit.enabled
+
+
+def test_a_sudden_burst_gets_429_below_every_per_minute_limit(
+    emulator: EmulatorProcess, control: Control
+) -> None:
+    """A jump from nothing to 40 requests at once, far below 4,000 requests per minute: the
+    allowance (10 at once) lets about 10 through; the rest get 429 rate_limit_error with a
+    whole-second retry-after, the page's words in the message, and rate-limit headers of
+    which none is exhausted (how a client tells these 429s from the per-minute ones)."""
+    control.configure(
+        {"acceleration_limit": STEADY, "fractional_retry_after": False}
+    ).raise_for_status()
+    answers = _burst(emulator.base_url, 40)
+    refused = [a for a in answers if a != 200]
+    assert 40 - 12 <= len(refused) <= 40 - 10, len(refused)
+    for err in refused:
+        assert err.body["error"]["type"] == "rate_limit_error"
+        assert "acceleration limits" in err.body["error"]["message"]
+        headers = err.response.headers
+        assert headers["retry-after"] == "1"
+        assert int(headers["anthropic-ratelimit-requests-remaining"]) > 3900
+        assert int(headers["anthropic-ratelimit-input-tokens-remaining"]) > 1_000_000
+    row = control.row("claude-haiku-4-5", "standard")
+    assert row["rate_limited"] == row["acceleration_limited"] == len(refused)
+
+
+def test_a_gradual_ramp_and_a_disabled_limit_pass(
+    emulator: EmulatorProcess, control: Control
+) -> None:
+    """Requests paced under the allowance (8/s against 10/s) all pass; with the limit
+    disabled the same burst of 40 passes whole."""
+    control.configure({"acceleration_limit": STEADY}).raise_for_status()
+    client = anthropic.Anthropic(api_key="k", base_url=emulator.base_url, max_retries=0)
+    start = time.monotonic()
+    for i in range(16):
+        time.sleep(max(0.0, start + i / 8 - time.monotonic()))
+        client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HELLO)
+    control.configure({"acceleration_limit": {"enabled": False}}).raise_for_status()
+    assert _burst(emulator.base_url, 40) == [200] * 40
+
+
+def test_the_allowance_grows_with_steady_use(emulator: EmulatorProcess, control: Control) -> None:
+    """With growth 3 over a 1 s window, usage held at the allowance raises it: after 3 s at
+    10 requests/s, a burst of 20 passes that a fresh allowance would cut to about 10."""
+    control.configure(
+        {"acceleration_limit": {**STEADY, "growth": 3, "window_s": 1}}
+    ).raise_for_status()
+    client = anthropic.Anthropic(api_key="k", base_url=emulator.base_url, max_retries=0)
+    start = time.monotonic()
+    for i in range(30):
+        time.sleep(max(0.0, start + i / 10 - time.monotonic()))
+        client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HELLO)
+    assert _burst(emulator.base_url, 20) == [200] * 20
+
+
+def test_the_acceleration_limit_holds_across_processes() -> None:
+    """One organisation, one allowance, however many worker processes answer: an allowance of
+    6 at once (refilling 0.1 a second) admits exactly 6 of 14 requests, each on a new
+    connection (so on either worker); split state would admit up to 12."""
+    config = {
+        "models": {"claude-haiku-4-5": QUICK_MODELS["claude-haiku-4-5"]},
+        "output_tokens": {"kind": "fixed", "value": 5},
+        "acceleration_limit": {**STEADY, "initial_requests_per_minute": 6, "burst_s": 60},
+    }
+    with EmulatorProcess(config=config, processes=2) as emu:
+        statuses = []
+        for _ in range(14):
+            client = anthropic.Anthropic(api_key="k", base_url=emu.base_url, max_retries=0)
+            try:
+                client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HELLO)
+                statuses.append(200)
+            except anthropic.RateLimitError:
+                statuses.append(429)
+            client.close()
+        per_process = httpx2.get(f"{emu.base_url}/_emulator/stats", timeout=10).json()
+    assert statuses == [200] * 6 + [429] * 8, statuses
+    totals = [p["totals"] for p in per_process["processes"]]
+    assert all(t["received"] > 0 for t in totals), totals
+    assert sum(t["acceleration_limited"] for t in totals) == 8
