@@ -24,6 +24,7 @@ import anthropic
 import httpx2
 
 from loadkit.catalog import FAST_MODE_BETA, cost_usd
+from loadkit.ratelimit_cause import cause_of_429
 from loadkit.record import Attempt, Outcome, ResultRecord
 from loadkit.transport import LeanTransport
 
@@ -279,6 +280,10 @@ class StreamingClient:
                     attempt.retry_after_s = float(retry_after)
                 except ValueError:
                     attempt.retry_after_s = None
+            if status == 429:
+                attempt.rate_limit_cause = cause_of_429(
+                    headers, attempt.speed, record.prompt_tokens_target, record.max_tokens
+                )
 
     # one request ----------------------------------------------------------------------------
     def _pick_sdk(self, max_retries: int | None) -> anthropic.Anthropic:

@@ -29,6 +29,7 @@ class Attempt:
     status: int = 0
     error_type: str | None = None
     retry_after_s: float | None = None
+    rate_limit_cause: str | None = None  # a 429's limit (loadkit.ratelimit_cause.CAUSES)
     waited_s: float = 0.0  # time between the previous attempt's answer and this send
     ttft_ms: float | None = None
     sent: bool = False  # the whole request was written (a server may have seen it)

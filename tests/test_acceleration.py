@@ -18,6 +18,7 @@ from typing import Any
 import anthropic
 import httpx2
 
+from loadkit.client import RequestSpec, StreamingClient
 from loadkit.emulator.config import EmulatorConfig
 from loadkit.emulator.launcher import EmulatorProcess
 
@@ -98,6 +99,40 @@ def test_the_allowance_grows_with_steady_use(emulator: EmulatorProcess, control:
         time.sleep(max(0.0, start + i / 10 - time.monotonic()))
         client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HELLO)
     assert _burst(emulator.base_url, 20) == [200] * 20
+
+
+def test_the_harness_names_the_acceleration_limit_as_the_cause(
+    emulator: EmulatorProcess, control: Control
+) -> None:
+    """The harness's client reads the 429's headers once: no limit exhausted, so the cause is
+    the acceleration limit; 429s from an exhausted requests limit, and from fast mode's input
+    tokens limit, are named so."""
+    slow = {**STEADY, "initial_requests_per_minute": 60, "burst_s": 10}  # 10, then 1 a second
+    control.configure({"acceleration_limit": slow}).raise_for_status()
+    _burst(emulator.base_url, 12)  # the allowance is spent
+    client = StreamingClient(emulator.base_url, "k")
+    try:
+        record = client.send(RequestSpec("claude-haiku-4-5", "standard", 20, HELLO), max_retries=0)
+        assert record.attempts[0].status == 429
+        assert record.attempts[0].rate_limit_cause == "acceleration"
+        control.reset()
+        control.configure(
+            {
+                "acceleration_limit": {"enabled": False},
+                "rate_limits": {"haiku": {"requests_per_minute": 1}},
+            }
+        ).raise_for_status()
+        spec = RequestSpec("claude-haiku-4-5", "standard", 20, HELLO)
+        assert client.send(spec, max_retries=0).ok
+        record = client.send(spec, max_retries=0)
+        assert record.attempts[0].rate_limit_cause == "requests"
+        control.configure({"fast_mode": {"input_tokens_per_minute": 1200}}).raise_for_status()
+        big = [{"role": "user", "content": "abcd" * 1195}]  # 1,202 tokens: all of it
+        assert client.send(RequestSpec("claude-opus-4-6", "fast", 20, big), max_retries=0).ok
+        record = client.send(RequestSpec("claude-opus-4-6", "fast", 20, HELLO), max_retries=0)
+        assert record.attempts[0].rate_limit_cause == "fast_input_tokens"
+    finally:
+        client.close()
 
 
 def test_the_acceleration_limit_holds_across_processes() -> None:
