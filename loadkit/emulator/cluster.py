@@ -17,19 +17,17 @@ are shared, not merged (``sharedlimits``, ``sharedcache``).
 Cost: a sibling encodes its whole answer at once (its served log: up to ``served_log_size``
 records, some tens of MB at the default 100,000), which holds up that worker's streams for as
 long; a single-process emulator sends its log in slices between them. Read ``served`` of a
-busy multi-process emulator after the run; ``stats`` is small (and its lateness samples,
-8 bytes each).
+busy multi-process emulator after the run; ``stats`` is small (lateness and loop lag as
+histograms, the loop lag's last 10 s as samples).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import heapq
 import json
 import logging
 import os
-from array import array
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from urllib.parse import parse_qsl, urlencode
 from loadkit.emulator import sse, wire
 from loadkit.emulator.config import ConfigError, config_from_mapping
 from loadkit.emulator.errors import ApiError, invalid
+from loadkit.emulator.histogram import Histogram
 from loadkit.emulator.http import Connection, Request
 from loadkit.emulator.limits import RateLimits
 from loadkit.emulator.looplag import LoopLag, merge
@@ -111,10 +110,10 @@ class Cluster:
     async def stats(self) -> dict[str, Any]:
         """Every worker's stats merged, and each one's own under ``processes``."""
         parts = await self._everyone("GET", "/process/stats")
-        lateness = array("d")
+        lateness = Histogram()
         processes = []
         for part in parts:
-            lateness.frombytes(base64.b64decode(part["lateness_ms"]))
+            lateness.add_raw(part["lateness_ms"])
             snapshot = part["snapshot"]
             processes.append(
                 {
@@ -222,7 +221,7 @@ class Cluster:
             "pid": os.getpid(),
             "snapshot": stats.snapshot(),
             "connections_opened": Connection.opened,
-            "lateness_ms": base64.b64encode(stats.lateness_ms().tobytes()).decode("ascii"),
+            "lateness_ms": stats.lateness.raw(),
             "loop_lag": self.loop_lag.raw() if self.loop_lag is not None else None,
         }
 

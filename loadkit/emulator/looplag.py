@@ -28,20 +28,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-GROWTH = 1.02  # bucket width ratio
-BUCKETS = 1000  # 1.02 ** 1000 µs: beyond any lag worth telling apart
-_LOG_GROWTH = math.log(GROWTH)
-
-
-def bucket(lag_us: float) -> int:
-    """The histogram bucket of a lag in µs (bucket 0 holds everything under 1 µs)."""
-    if lag_us < 1.0:
-        return 0
-    return min(BUCKETS - 1, 1 + int(math.log(lag_us) / _LOG_GROWTH))
-
-
-def bucket_upper_ms(index: int) -> float:
-    return GROWTH**index / 1000.0
+from loadkit.emulator.histogram import Histogram
 
 
 class RunDelay:
@@ -72,18 +59,6 @@ def _percentile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
 
-def _histogram_percentile(counts: list[int], total: int, q: float) -> float | None:
-    if not total:
-        return None
-    rank = max(1, math.ceil(q * total))
-    seen = 0
-    for index, n in enumerate(counts):
-        seen += n
-        if seen >= rank:
-            return bucket_upper_ms(index)
-    return bucket_upper_ms(len(counts) - 1)  # pragma: no cover - counts sum to total
-
-
 class LoopLag:
     """Samples the running loop's timer lateness every ``interval_s`` until ``stop()``."""
 
@@ -97,11 +72,8 @@ class LoopLag:
         self.loop = loop
         self.interval_s = interval_s
         self.window_s = window_s
-        self.counts = [0] * BUCKETS  # lag
-        self.own_counts = [0] * BUCKETS  # lag less the wait for a CPU
-        self.total = 0
-        self.max_ms = 0.0
-        self.own_max_ms = 0.0
+        self.lag = Histogram()
+        self.own = Histogram()  # lag less the wait for a CPU
         self.started = time.perf_counter()
         # (perf_counter when measured, lag ms, own ms), the last window_s seconds
         self.recent: deque[tuple[float, float, float]] = deque()
@@ -137,11 +109,8 @@ class LoopLag:
         self._arm(now + self.interval_s)
 
     def record(self, lag_ms: float, own_ms: float, now: float) -> None:
-        self.counts[bucket(lag_ms * 1000.0)] += 1
-        self.own_counts[bucket(own_ms * 1000.0)] += 1
-        self.total += 1
-        self.max_ms = max(self.max_ms, lag_ms)
-        self.own_max_ms = max(self.own_max_ms, own_ms)
+        self.lag.add(lag_ms)
+        self.own.add(own_ms)
         recent = self.recent
         recent.append((now, lag_ms, own_ms))
         horizon = now - self.window_s
@@ -156,10 +125,8 @@ class LoopLag:
             "interval_ms": self.interval_s * 1000.0,
             "window_s": self.window_s,
             "uptime_s": time.perf_counter() - self.started,
-            "buckets": {str(i): n for i, n in enumerate(self.counts) if n},
-            "own_buckets": {str(i): n for i, n in enumerate(self.own_counts) if n},
-            "max_ms": self.max_ms,
-            "own_max_ms": self.own_max_ms,
+            "lag": self.lag.raw(),
+            "own": self.own.raw(),
             "recent_ms": [lag for _, lag, _ in self.recent],
             "recent_own_ms": [own for _, _, own in self.recent],
         }
@@ -176,30 +143,26 @@ class LoopLag:
 
 def merge(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """One figure of several processes' ``raw()``: the lag of any of their timers."""
-    counts, own_counts = [0] * BUCKETS, [0] * BUCKETS
+    lag, own = Histogram(), Histogram()
     recent: list[float] = []
     recent_own: list[float] = []
-    top, own_top, interval_ms, window_s, uptime_s = 0.0, 0.0, 0.0, 0.0, 0.0
+    interval_ms, window_s, uptime_s = 0.0, 0.0, 0.0
     for part in parts:
-        for index, n in part["buckets"].items():
-            counts[int(index)] += n
-        for index, n in part["own_buckets"].items():
-            own_counts[int(index)] += n
+        lag.add_raw(part["lag"])
+        own.add_raw(part["own"])
         recent.extend(part["recent_ms"])
         recent_own.extend(part["recent_own_ms"])
-        top, own_top = max(top, part["max_ms"]), max(own_top, part["own_max_ms"])
         interval_ms, window_s = part["interval_ms"], part["window_s"]
         uptime_s = max(uptime_s, part["uptime_s"])
-    total = sum(counts)
     recent.sort()
     recent_own.sort()
     return {
         "probe_interval_ms": interval_ms,
         "since_start": {
-            "samples": total,
+            "samples": lag.total,
             "seconds": round(uptime_s, 3),
-            **_histogram_figures(counts, total, top, ""),
-            **_histogram_figures(own_counts, total, own_top, "own_"),
+            **lag.figures(),
+            **own.figures("own_"),
         },
         "recent": {
             "samples": len(recent),
@@ -207,16 +170,6 @@ def merge(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
             **_sample_figures(recent, ""),
             **_sample_figures(recent_own, "own_"),
         },
-    }
-
-
-def _histogram_figures(
-    counts: list[int], total: int, top: float, prefix: str
-) -> dict[str, float | None]:
-    return {
-        prefix + "p50": _histogram_percentile(counts, total, 0.50),
-        prefix + "p99": _histogram_percentile(counts, total, 0.99),
-        prefix + "max": top if total else None,
     }
 
 

@@ -4,6 +4,8 @@
 refused before they were read in full (413, 431, 408: ``invalid``) and those a client
 pipelined and then left (``client_closed``): received == in_flight + the sum of OUTCOMES.
 ``HttpCounters`` (in ``http.py``) account for every HTTP request on any path.
+First-token lateness since start (or reset) is kept in a histogram (``histogram.py``): a
+snapshot costs the same after a million requests as after ten.
 
 A ``--processes`` emulator merges its processes' snapshots with ``merge_snapshots`` and their
 served records, oldest first, by the CLOCK_MONOTONIC time each was logged (``served_stamped``).
@@ -12,13 +14,13 @@ served records, oldest first, by the CLOCK_MONOTONIC time each was logged (``ser
 from __future__ import annotations
 
 import time
-from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from itertools import islice
 from typing import Any
 
+from loadkit.emulator.histogram import Histogram
 from loadkit.emulator.http import HttpCounters
 
 # Every request received ends in exactly one of these (or is still in flight).
@@ -96,22 +98,14 @@ def served_dict(record: Served) -> dict[str, Any]:
     return {name: getattr(record, name) for name in SERVED_FIELDS}
 
 
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
 class Stats:
-    def __init__(self, served_log_size: int, lateness_window: int = 200_000) -> None:
+    def __init__(self, served_log_size: int) -> None:
         self.by_key: dict[tuple[str, str], Counters] = {}
         self.http = HttpCounters()
         self.served: deque[Served] = deque(maxlen=served_log_size)
         self._served_at: deque[int] = deque(maxlen=served_log_size)  # monotonic ns, logged
         self._served_by_id: dict[str, Served] = {}
-        self._lateness = array("d")
-        self._lateness_window = lateness_window
+        self.lateness = Histogram()  # first-token lateness (ms) since start or reset
 
     # ground truth -----------------------------------------------------------------------
     def add_served(self, record: Served) -> None:
@@ -153,10 +147,6 @@ class Stats:
         stamps = {id(r): t for t, r in zip(self._served_at, self.served, strict=True)}
         return [(stamps[id(r)], r) for r in records]
 
-    def lateness_ms(self) -> array[float]:
-        """The first-token lateness samples kept (ms), a copy."""
-        return array("d", self._lateness)
-
     def counters(self, model: str, speed: str) -> Counters:
         key = (model, speed)
         found = self.by_key.get(key)
@@ -165,13 +155,11 @@ class Stats:
         return found
 
     def record_lateness(self, seconds: float) -> None:
-        if len(self._lateness) >= self._lateness_window:
-            del self._lateness[: self._lateness_window // 2]
-        self._lateness.append(seconds * 1000.0)
+        self.lateness.add(seconds * 1000.0)
 
     def snapshot(self) -> dict[str, Any]:
         rows = {key: counters.as_dict() for key, counters in self.by_key.items()}
-        return _snapshot(rows, self.http.as_dict(), self._lateness)
+        return _snapshot(rows, self.http.as_dict(), self.lateness)
 
     def reset(self) -> None:
         kept = {key: c for key, c in self.by_key.items() if c.in_flight}
@@ -185,11 +173,11 @@ class Stats:
         self.served.clear()
         self._served_at.clear()
         self._served_by_id.clear()
-        del self._lateness[:]
+        self.lateness.clear()
 
 
 def _snapshot(
-    rows: dict[tuple[str, str], dict[str, int]], http: dict[str, Any], lateness: Iterable[float]
+    rows: dict[tuple[str, str], dict[str, int]], http: dict[str, Any], lateness: Histogram
 ) -> dict[str, Any]:
     totals = dict.fromkeys(COUNTER_FIELDS, 0)
     by_model_speed = []
@@ -197,23 +185,17 @@ def _snapshot(
         by_model_speed.append({"model": model, "speed": speed, **row})
         for name in COUNTER_FIELDS:
             totals[name] += row[name]
-    late = sorted(lateness)
     return {
         "by_model_speed": by_model_speed,
         "totals": totals,
         "http": http,
-        "first_token_lateness_ms": {
-            "count": len(late),
-            "p50": _percentile(late, 0.50),
-            "p99": _percentile(late, 0.99),
-            "max": late[-1] if late else None,
-        },
+        "first_token_lateness_ms": {"count": lateness.total, **lateness.figures()},
     }
 
 
-def merge_snapshots(parts: Sequence[dict[str, Any]], lateness: Iterable[float]) -> dict[str, Any]:
+def merge_snapshots(parts: Sequence[dict[str, Any]], lateness: Histogram) -> dict[str, Any]:
     """One snapshot of several processes' ``snapshot()`` s: counters and HTTP counts summed,
-    lateness percentiles over ``lateness`` (every process's samples)."""
+    lateness percentiles from ``lateness`` (every process's histogram added)."""
     rows: dict[tuple[str, str], dict[str, int]] = {}
     http: dict[str, Any] = {"received": 0, "in_progress": 0, "responses": {}, "closed": 0}
     for part in parts:
