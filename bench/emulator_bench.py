@@ -61,6 +61,7 @@ sys.path.insert(0, str(HERE))
 from loadgen import cpu_busy_s, events_for, summary  # noqa: E402
 
 LOADGEN = HERE / "loadgen.py"
+TIMER_FLOOR = HERE / "timer_floor.py"
 CAND = HERE / "candidates"
 SERVER_CPU = 0
 LOADGEN_CPU = 1
@@ -77,8 +78,11 @@ CANDIDATES: dict[str, list[str]] = {
 }
 
 
-def emulator_config(ttft_ms: float, tps: float, n_tokens: int) -> dict[str, Any]:
-    """A config for ``loadkit emulator`` whose schedule matches the candidates' fixed shape."""
+def emulator_config(
+    ttft_ms: float, tps: float, n_tokens: int, served_log_size: int = 0
+) -> dict[str, Any]:
+    """A config for ``loadkit emulator`` whose schedule matches the candidates' fixed shape
+    (the served log off unless ``served_log_size``)."""
     return {
         "models": {
             MODEL: {
@@ -100,7 +104,7 @@ def emulator_config(ttft_ms: float, tps: float, n_tokens: int) -> dict[str, Any]
         },
         "output_tokens": {"kind": "fixed", "value": n_tokens},
         "tokens_per_delta": 3,
-        "served_log_size": 0,
+        "served_log_size": served_log_size,
     }
 
 
@@ -162,10 +166,13 @@ class Target:
     def loadgen_cpu(self) -> int:
         return self.loadgen_cpus[0]
 
-    def command(self, port: int, ttft_ms: float, tps: float, n_tokens: int) -> list[str]:
+    def command(
+        self, port: int, ttft_ms: float, tps: float, n_tokens: int, served_log_size: int = 0
+    ) -> list[str]:
         cfg = self.tmp / "emulator.yaml"
         if self.name == "emulator" or self.server_cmd:
-            cfg.write_text(yaml.safe_dump(emulator_config(ttft_ms, tps, n_tokens)))
+            config = emulator_config(ttft_ms, tps, n_tokens, served_log_size)
+            cfg.write_text(yaml.safe_dump(config))
         if self.server_cmd:
             return shlex.split(
                 self.server_cmd.format(port=port, ttft_ms=ttft_ms, tps=tps, config=cfg)
@@ -183,11 +190,13 @@ class Target:
 
 
 @contextlib.contextmanager
-def server(target: Target, ttft_ms: float, tps: float, n_tokens: int) -> Iterator[tuple[int, str]]:
+def server(
+    target: Target, ttft_ms: float, tps: float, n_tokens: int, served_log_size: int = 0
+) -> Iterator[tuple[int, str]]:
     """Start the target pinned to its CPUs; yield ``(port, pids)``, the pids of the processes
     that serve (``a,b`` for a --processes emulator's workers); stop it."""
     port = free_port()
-    cmd = target.command(port, ttft_ms, tps, n_tokens)
+    cmd = target.command(port, ttft_ms, tps, n_tokens, served_log_size)
     log = (target.tmp / "server.log").open("ab")
     proc = subprocess.Popen(
         cmd,
@@ -526,6 +535,137 @@ def bench_target(t: Target, a: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+# --------------------------------------------------------------------------------------------
+# churn: many short requests, each with a new body, beside the machine's timer-noise floor
+
+
+def _post(port: int, path: str) -> None:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"{}", method="POST")
+    with urllib.request.urlopen(req, timeout=5):
+        pass
+
+
+def floor_probe(cpu: int, warmup: float, duration: float) -> subprocess.Popen[str]:
+    """``bench/timer_floor.py`` on ``cpu``: an idle uvloop loop timing its own timers."""
+    args = [sys.executable, str(TIMER_FLOOR), "--cpu", str(cpu)]
+    args += ["--warmup", f"{warmup:.3f}", "--duration", f"{duration:.3f}"]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _churn_once(t: Target, a: argparse.Namespace, users: int, duration: float) -> dict[str, Any]:
+    """One closed-loop churn step: ``users`` connections, each sending requests back to back,
+    every one with a new body; the emulator's served log on (its default size). Beside it, on
+    the server's first CPU, the floor probe; the emulator's stats are reset when the measured
+    window opens and read when it closes, under load."""
+    n = a.churn_tokens
+    # The users start spread over one request's time: a request takes as long every time
+    # (no jitter), so users started together would stay in step, arriving in bursts.
+    request_s = a.ttft_ms / 1000.0 + (n - 1) / a.tps
+    ramp = users / request_s
+    warmup = max(a.warmup, 2 * request_s)
+    cpu = min(t.cpus)
+    with server(t, a.ttft_ms, a.tps, n, served_log_size=a.churn_served_log) as (port, pids):
+        gen_args = [sys.executable, str(LOADGEN), "--port", str(port), "--server-pid", pids]
+        gen_args += ["--cpu", str(t.loadgen_cpu), "--hard-timeout", str(warmup + duration + 40)]
+        gen_args += [
+            "--mode", "closed", "--connections", str(users), "--ramp-rate", f"{ramp:.1f}",
+            "--new-bodies", "--max-tokens", str(n), "--expect-tps", str(a.tps),
+            "--expect-ttft-ms", str(a.ttft_ms), "--warmup", str(warmup),
+            "--duration", str(duration), "--drain", "5",
+        ]  # fmt: skip
+        t0 = time.monotonic()
+        gen = subprocess.Popen(gen_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        floor = floor_probe(cpu, warmup, duration)
+        time.sleep(max(0.0, t0 + warmup - time.monotonic()))
+        _post(port, "/_emulator/reset")
+        time.sleep(max(0.0, t0 + warmup + duration - time.monotonic()))
+        stats = server_stats(port) or {}
+        out, err = gen.communicate(timeout=warmup + duration + 70)
+        if gen.returncode != 0:
+            raise RuntimeError(f"loadgen failed ({gen.returncode}): {err[-2000:]}")
+        f_out, f_err = floor.communicate(timeout=60)
+        if floor.returncode != 0:
+            raise RuntimeError(f"floor probe failed ({floor.returncode}): {f_err[-2000:]}")
+    r: dict[str, Any] = json.loads(out)
+    r["users"] = users
+    r["floor_ms"] = json.loads(f_out)
+    r["server_stats"] = stats
+    r["requests_per_s"] = round(r["streams_in_window_completed"] / r["window_s"], 1)
+    srv = stats.get("first_token_lateness_ms") or {}
+    lag = (stats.get("event_loop_lag_ms") or {}).get("recent") or {}
+    floor_p99 = r["floor_ms"].get("p99")
+    r["server_ft_ms"] = srv
+    r["loop_lag_ms"] = lag
+    r["excess_p99_ms"] = (
+        srv["p99"] - floor_p99 if srv.get("p99") is not None and floor_p99 is not None else None
+    )
+    bad = r["streams_in_window_completed"] - r["streams_good_in_window"]
+    why = []
+    if bad or r["errors"] or r["connect_errors"]:
+        why.append(f"{bad} bad streams {r['errors']} {r['connect_errors']}")
+    if not srv.get("count"):
+        why.append("no server-side lateness (not a loadkit emulator?)")
+    r["ok"] = not why
+    r["why"] = "; ".join(why)
+    r["line"] = (
+        f"{'ok' if not why else 'FAIL'} users={users} req/s={r['requests_per_s']:.0f} "
+        f"srv_cpu={r.get('server_cpu_frac')} server ft p50/p99/max="
+        f"{fmt(srv.get('p50'), 2)}/{fmt(srv.get('p99'), 2)}/{fmt(srv.get('max'), 1)}ms "
+        f"floor p50/p99/max={fmt(r['floor_ms'].get('p50'), 2)}/{fmt(floor_p99, 2)}/"
+        f"{fmt(r['floor_ms'].get('max'), 1)}ms loop lag p99={fmt(lag.get('p99'), 2)} "
+        f"(own {fmt(lag.get('own_p99'), 2)})ms {r['why']}"
+    )
+    return r
+
+
+def bench_churn(t: Target, a: argparse.Namespace) -> dict[str, Any]:
+    """Churn mode: find the users that load the emulator to ``--churn-cpu`` of a core (a
+    short step at ``--churn-users``, scaled by its CPU, twice), then ``--churn-runs`` steps
+    there."""
+    users = a.churn_users
+    res: dict[str, Any] = {"target": t.label, "calibration": [], "runs": []}
+    for _ in range(2 if a.churn_cpu > 0 else 0):  # CPU is not quite proportional: twice
+        r = _churn_once(t, a, users, 3.0)
+        print(f"  churn calibrate: {r['line']}", flush=True)
+        res["calibration"].append(r)
+        cpu = float(r.get("server_cpu_frac") or 0.0)
+        if cpu > 0:
+            users = max(10, min(a.churn_max_users, round(users * a.churn_cpu / cpu)))
+    res["users"] = users
+    for i in range(a.churn_runs):
+        r = attempt(
+            a, f"churn run {i + 1} {users} users", lambda: _churn_once(t, a, users, a.churn_s), t
+        )
+        res["runs"].append(r)
+    return res
+
+
+def churn_table(results: list[dict[str, Any]], noise_cpu: float = 0.1) -> str:
+    """One row per churn run: the emulator's first-token lateness (its own ground truth,
+    server-side) beside the floor (an idle loop on the same core in the same run)."""
+    head = (
+        "| target | run | users | requests/s | server CPU | emulator ft lateness "
+        "p50 / p99 / max (ms) | floor p50 / p99 / max (ms) | p99 - floor p99 (ms) | "
+        "emulator loop lag p99 / own p99 (ms) | client-side ft p50 / p99 (ms) |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for res in results:
+        for i, r in enumerate(res.get("runs", []), 1):
+            srv, fl, lag = r["server_ft_ms"], r["floor_ms"], r["loop_lag_ms"]
+            cl = r["first_token_lateness_ms"]
+            noisy = " †" if r.get("foreign_cpu", 0.0) >= noise_cpu else ""
+            lines.append(
+                f"| {res['target']} | {i}{noisy} | {r['users']} | {r['requests_per_s']:,.0f} | "
+                f"{fmt(r.get('server_cpu_frac'), 2)} | "
+                f"{fmt(srv.get('p50'), 2)} / {fmt(srv.get('p99'), 2)} / {fmt(srv.get('max'), 1)} | "
+                f"{fmt(fl.get('p50'), 2)} / {fmt(fl.get('p99'), 2)} / {fmt(fl.get('max'), 1)} | "
+                f"{fmt(r.get('excess_p99_ms'), 2)} | "
+                f"{fmt(lag.get('p99'), 2)} / {fmt(lag.get('own_p99'), 2)} | "
+                f"{fmt(cl.get('p50'), 2)} / {fmt(cl.get('p99'), 2)} |"
+            )
+    return "\n".join(lines)
+
+
 def table(results: list[dict[str, Any]], noise_cpu: float = 0.1) -> str:
     """Markdown table; † marks a figure taken while other processes used >= noise_cpu."""
     head = (
@@ -669,8 +809,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quiet-wait", type=float, default=60.0, help="...for at most this long")
     p.add_argument(
         "--phases",
-        default="hold,rate",
-        help="comma list of hold, rate (rate includes the 50%%/90%% lateness runs)",
+        default="hold,rate,churn",
+        help="comma list of hold, rate (rate includes the 50%%/90%% lateness runs), churn "
+        "(emulator only)",
+    )
+    p.add_argument(
+        "--churn-users",
+        type=int,
+        default=200,
+        help="churn: closed-loop connections of the calibration step (or of every step with "
+        "--churn-cpu 0)",
+    )
+    p.add_argument(
+        "--churn-cpu",
+        type=float,
+        default=0.5,
+        help="churn: scale the users so the emulator uses this share of its core (0: as given)",
+    )
+    p.add_argument("--churn-max-users", type=int, default=4000, help="churn: at most")
+    p.add_argument("--churn-runs", type=int, default=3, help="churn: measured steps")
+    p.add_argument("--churn-s", type=float, default=10.0, help="churn: measured seconds per step")
+    p.add_argument(
+        "--churn-tokens",
+        type=int,
+        default=120,
+        help="churn: tokens per request (120 at --tps 150 after --ttft-ms 200: ~1 s)",
+    )
+    p.add_argument(
+        "--churn-served-log",
+        type=int,
+        default=100_000,
+        help="churn: the emulator's served_log_size (its default: the log on, as in a real run)",
     )
     p.add_argument(
         "--processes",
@@ -699,6 +868,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.hold_levels = [2000, 10000]
         a.hold_s, a.duration, a.lateness_duration, a.bisect = 2.0, 3.0, 4.0, 1
         a.rate_factor = 2.0
+        a.churn_runs, a.churn_s = 2, 6.0
+    unknown = set(a.phases.split(",")) - {"hold", "rate", "churn"}
+    if unknown:
+        p.error(f"--phases: unknown {', '.join(sorted(unknown))} (hold, rate, churn)")
+    if a.churn_users < 1 or a.churn_runs < 1 or a.churn_s <= 0 or not 0 <= a.churn_cpu < 1:
+        p.error("--churn-users, --churn-runs, --churn-s positive; --churn-cpu in [0, 1)")
     return a
 
 
@@ -715,7 +890,9 @@ def main(argv: list[str] | None = None) -> None:
     if a.loadgens < 1:
         raise SystemExit(f"--loadgens: 1 or more, not {a.loadgens}")
     results = []
+    churns: list[dict[str, Any]] = []
     targets: list[Target] = []
+    streams = "hold" in a.phases or "rate" in a.phases
     for name in a.targets:
         if name not in CANDIDATES and name != "emulator" and not a.server_cmd:
             raise SystemExit(f"unknown target {name!r}")
@@ -726,9 +903,14 @@ def main(argv: list[str] | None = None) -> None:
                     name, a.server_cmd, processes=n, loadgens=a.loadgens, server_cpus=a.server_cpus
                 )
             )
-            results.append(bench_target(targets[-1], a))
+            if streams:
+                results.append(bench_target(targets[-1], a))
+            if "churn" in a.phases and name == "emulator":
+                print(f"== {targets[-1].label}: churn", flush=True)
+                churns.append(bench_churn(targets[-1], a))
             if a.out:
-                Path(a.out).write_text(json.dumps(results, indent=1, default=str))
+                everything = {"streams": results, "churn": churns}
+                Path(a.out).write_text(json.dumps(everything, indent=1, default=str))
     compare = len(a.processes) > 1 and "emulator" in a.targets and "rate" in a.phases
     if compare:
         base = next(r for r in results if r["target"] == "emulator")
@@ -738,17 +920,29 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"== {t.label} at 50% of N=1's max ({level:,.0f} events/s)", flush=True)
                 r["equal_load"] = rate_step(t, a, level, a.lateness_duration)
         if a.out:
-            Path(a.out).write_text(json.dumps(results, indent=1, default=str))
-    print()
-    print(
-        f"stream shape: TTFT {a.ttft_ms:g} ms, rate phase {a.stream_tokens} tokens at "
-        f"{a.tps:g} tok/s; hold phase {a.hold_tps:g} tok/s; fail at p99 > {a.max_p99_ms:g} ms"
-    )
-    print(table(results, a.noise_cpu))
-    print(f"† other processes used >= {a.noise_cpu:g} of a benchmark CPU during that run")
+            everything = {"streams": results, "churn": churns}
+            Path(a.out).write_text(json.dumps(everything, indent=1, default=str))
+    if streams:
+        print()
+        print(
+            f"long streams: TTFT {a.ttft_ms:g} ms, rate phase {a.stream_tokens} tokens at "
+            f"{a.tps:g} tok/s; hold phase {a.hold_tps:g} tok/s; fail at p99 > {a.max_p99_ms:g} ms"
+        )
+        print(table(results, a.noise_cpu))
+        print(f"† other processes used >= {a.noise_cpu:g} of a benchmark CPU during that run")
     if compare:
         print()
         print(processes_table([r for r in results if r["target"].startswith("emulator")]))
+    if churns:
+        print()
+        print(
+            f"churn: closed loop, every request a new body, {a.churn_tokens} tokens at "
+            f"{a.tps:g} tok/s after TTFT {a.ttft_ms:g} ms, served log {a.churn_served_log:,}; "
+            f"users scaled to {a.churn_cpu:g} of a core; floor = an idle uvloop loop's timer "
+            "lateness on the emulator's core in the same run (bench/timer_floor.py)"
+        )
+        print(churn_table(churns, a.noise_cpu))
+        print(f"† other processes used >= {a.noise_cpu:g} of a benchmark CPU during that run")
     print(load_note())
 
 

@@ -224,7 +224,7 @@ class Client(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.busy = True
         self.done = self.loop.create_future()
-        self.transport.write(self.gen.request)
+        self.transport.write(self.gen.next_request())
         self.t_sent = clock()
         self.in_window = st.window_open and not st.window_closed
         st.started += 1
@@ -286,20 +286,8 @@ class LoadGen:
         self.conns: set[Client] = set()
         self.idle: list[Client] = []
         self.want_idle = True  # open mode reuses connections; closed/hold drive their own
-        body = json.dumps(
-            {
-                "model": args.model,
-                "max_tokens": args.max_tokens,
-                "stream": True,
-                "messages": [{"role": "user", "content": "hi"}],
-            },
-            separators=(",", ":"),
-        ).encode()
-        self.request = (
-            f"POST /v1/messages HTTP/1.1\r\nhost: {args.host}:{args.port}\r\n"
-            "x-api-key: bench\r\nanthropic-version: 2023-06-01\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-        ).encode() + body
+        self.n_requests = 0
+        self.request = self.build_request("hi")
         self.planned_total_ms: float | None = None
         if args.expect_tps:
             self.planned_total_ms = (args.max_tokens - 1) / args.expect_tps * 1000.0
@@ -313,6 +301,33 @@ class LoadGen:
         # (t_sent, first-token lateness ms, t_end) per good stream, for --dump
         self.dump: list[tuple[float, float, float]] | None = [] if args.dump else None
         self.lag_ms: list[float] = []
+
+    def build_request(self, text: str) -> bytes:
+        a = self.args
+        body = json.dumps(
+            {
+                "model": a.model,
+                "max_tokens": a.max_tokens,
+                "stream": True,
+                "messages": [{"role": "user", "content": text}],
+            },
+            separators=(",", ":"),
+        ).encode()
+        return (
+            f"POST /v1/messages HTTP/1.1\r\nhost: {a.host}:{a.port}\r\n"
+            "x-api-key: bench\r\nanthropic-version: 2023-06-01\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        ).encode() + body
+
+    def next_request(self) -> bytes:
+        """The same request every time, or (``--new-bodies``) one whose prompt no request
+        sent before had, of about ``--prompt-chars`` characters."""
+        if not self.args.new_bodies:
+            return self.request
+        self.n_requests += 1
+        n = self.n_requests
+        filler = f"request {n}: " + "lorem ipsum dolor sit amet " * (self.args.prompt_chars // 27)
+        return self.build_request(filler)
 
     def release(self, c: Client) -> None:
         if self.want_idle:
@@ -573,6 +588,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="bind client sockets round-robin to 127.0.0.2..(N+1); 0 = let the kernel "
         "choose (only for a 127.x target)",
     )
+    p.add_argument(
+        "--new-bodies",
+        action="store_true",
+        help="churn: every request a new body (a prompt no earlier request had)",
+    )
+    p.add_argument("--prompt-chars", type=int, default=800, help="--new-bodies: prompt length")
     p.add_argument("--dump", help="write 't_sent late_ms t_end' per good stream to this file")
     return p.parse_args(argv)
 
