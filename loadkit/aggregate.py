@@ -74,6 +74,8 @@ class Group:
     # every HTTP attempt by "speed/outcome", for reconciling with the server's own counters
     attempt_outcomes: Counter[str] = field(default_factory=Counter)
     violations: Counter[str] = field(default_factory=Counter)  # fallback policy breaches
+    # 429 answers by "speed/cause" (the attempt's speed; loadkit.ratelimit_cause.CAUSES)
+    causes_429: Counter[str] = field(default_factory=Counter)
     cost_usd: float = 0.0
     sketches: dict[str, Sketch] = field(default_factory=lambda: {k: Sketch() for k in SKETCHES})
     headroom: dict[str, tuple[str, float]] = field(default_factory=dict)  # header -> (value, at)
@@ -118,6 +120,9 @@ class Group:
                 last_outcome = record.outcome.value
             tally[f"{last.speed}/{last_outcome}"] += 1
             totals["responses_429"] += record.responses_429
+            for attempt in attempts:
+                if attempt.rate_limit_cause is not None:
+                    self.causes_429[f"{attempt.speed}/{attempt.rate_limit_cause}"] += 1
         totals["fallbacks"] += record.fell_back
         totals["cache_tokens_lost"] += record.cache_tokens_lost
         self.cost_usd += record.cost_usd
@@ -154,6 +159,7 @@ class Group:
         self.errors.update(other.errors)
         self.attempt_outcomes.update(other.attempt_outcomes)
         self.violations.update(other.violations)
+        self.causes_429.update(other.causes_429)
         self.cost_usd += other.cost_usd
         for name, sketch in other.sketches.items():
             self.sketches[name].merge(sketch)
@@ -168,6 +174,7 @@ class Group:
             "errors": dict(self.errors),
             "attempt_outcomes": dict(self.attempt_outcomes),
             "violations": dict(self.violations),
+            "causes_429": dict(self.causes_429),
             "cost_usd": self.cost_usd,
             "sketches": {name: s.to_wire() for name, s in self.sketches.items()},
             "headroom": {name: list(v) for name, v in self.headroom.items()},
@@ -181,6 +188,7 @@ class Group:
             errors=Counter(data["errors"]),
             attempt_outcomes=Counter(data["attempt_outcomes"]),
             violations=Counter(data["violations"]),
+            causes_429=Counter(data["causes_429"]),
             cost_usd=data["cost_usd"],
         )
         for name, wire in data["sketches"].items():

@@ -66,6 +66,9 @@ class GroupFigures(_Strict):
     failures_by_type: dict[str, int]
     rate_limited: int
     responses_429: int
+    # 429 answers by "speed/limit" (the attempt's speed; limit: fast_input_tokens,
+    # fast_output_tokens, requests, input_tokens, output_tokens, acceleration)
+    responses_429_by_cause: dict[str, int] = {}
     attempts: int
     fallbacks: int
     ttft_ms: Percentiles

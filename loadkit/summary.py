@@ -73,6 +73,7 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
         },
         "rate_limited": group.outcomes.get("rate_limited", 0),
         "responses_429": totals["responses_429"],
+        "responses_429_by_cause": dict(sorted(group.causes_429.items())),
         "attempts": totals["attempts"],
         "fallbacks": totals["fallbacks"],
         "ttft_ms": _percentiles(group, "ttft_ms", LATENCY_QUANTILES),
@@ -263,6 +264,12 @@ def format_table(data: dict[str, Any]) -> str:
     failures = total["failures_by_type"]
     if failures:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in sorted(failures.items())))
+    causes = total.get("responses_429_by_cause")
+    if causes:
+        lines.append(
+            "429 answers by limit (attempt speed/limit): "
+            + ", ".join(f"{k} x{v}" for k, v in causes.items())
+        )
     if "policy" in data and data["policy"]["policy"] != "none":
         lines.extend(format_fallback(data))
     return "\n".join(lines)

@@ -171,6 +171,16 @@ def test_validation_scenario_at_200_users(tmp_path: Path, policy: str) -> None:
     assert data["accounting"]["mismatches"] == []
     assert data["validation"]["fast_429_attempts"] > 50  # the limit was really hit
     total = data["total"]
+    # The shipped emulator config answers the -u 200 -r 200 jump with acceleration 429s too
+    # (rate limits page, "Rate limits": "a sharp increase in usage"), with whole-second
+    # retry-after; every 429 is told by its limit, and the fast-limit ones are counted apart.
+    causes = total["responses_429_by_cause"]
+    assert sum(causes.values()) == total["responses_429"]
+    assert causes.get("fast/acceleration", 0) + causes.get("standard/acceleration", 0) > 0
+    fast_limit = causes.get("fast/fast_input_tokens", 0) + causes.get("fast/fast_output_tokens", 0)
+    assert fast_limit == data["validation"]["fast_429_attempts"]
+    assert "PASS 429s told apart" in result.stderr
+    assert "429 answers by limit (attempt speed/limit): " in result.stderr + result.stdout
     fallback = total["fallback"]
     if policy == "standard":
         assert fallback["fell_back"] == total["attempt_outcomes"].get("standard/ok", 0) > 0
@@ -185,13 +195,11 @@ def test_validation_scenario_at_200_users(tmp_path: Path, policy: str) -> None:
 @pytest.mark.slow
 @pytest.mark.timing
 def test_validation_scenario_catches_a_wrong_policy(tmp_path: Path) -> None:
-    # Whole-second retry-after (as the API sends it): an immediate retry is plainly too soon.
+    # The shipped config's whole-second retry-after (as the API sends it, acceleration 429s
+    # included): an immediate retry is plainly too soon.
     config = yaml.safe_load((ROOT / "workloads/emulator/fast-fallback.yaml").read_text())
-    config["fractional_retry_after"] = False
-    (tmp_path / "emulator.yaml").write_text(yaml.safe_dump(config))
-    result, data = scenario(
-        tmp_path, "retry", "tests/locustfiles/impatient_retry.py", str(tmp_path / "emulator.yaml")
-    )
+    assert "fractional_retry_after" not in config and config["acceleration_limit"]
+    result, data = scenario(tmp_path, "retry", "tests/locustfiles/impatient_retry.py")
     assert result.returncode == 3
     assert any("retry sooner than retry-after" in line for line in data["breaches"])
     assert "BREACH: policy retry followed: retry sooner than retry-after" in result.stderr
