@@ -102,6 +102,8 @@ def emulator_config(
                 "output_tokens_per_minute": None,
             }
         },
+        "acceleration_limit": {"enabled": False},  # a capacity bench jumps to full rate
+        "acceleration_limit": {"enabled": False},
         "output_tokens": {"kind": "fixed", "value": n_tokens},
         "tokens_per_delta": 3,
         "served_log_size": served_log_size,

@@ -35,6 +35,7 @@ EMULATOR = {
     "tokens_per_delta": 5,
     "rate_limits": {"haiku": {"requests_per_minute": None, "input_tokens_per_minute": None,
                               "output_tokens_per_minute": None}},
+    "acceleration_limit": {"enabled": False},
 }  # fmt: skip
 WORKLOAD = {
     "name": "scheduler-bench",
