@@ -103,7 +103,6 @@ def emulator_config(
             }
         },
         "acceleration_limit": {"enabled": False},  # a capacity bench jumps to full rate
-        "acceleration_limit": {"enabled": False},
         "output_tokens": {"kind": "fixed", "value": n_tokens},
         "tokens_per_delta": 3,
         "served_log_size": served_log_size,
