@@ -17,6 +17,7 @@ from typing import Any
 
 import anthropic
 import httpx2
+import pytest
 
 from loadkit.client import RequestSpec, StreamingClient
 from loadkit.emulator.config import EmulatorConfig
@@ -52,15 +53,17 @@ def test_a_sudden_burst_gets_429_below_every_per_minute_limit(
     emulator: EmulatorProcess, control: Control
 ) -> None:
     """A jump from nothing to 40 requests at once, far below 4,000 requests per minute: the
-    allowance (10 at once) lets about 10 through; the rest get 429 rate_limit_error with a
-    whole-second retry-after, the page's words in the message, and rate-limit headers of
-    which none is exhausted (how a client tells these 429s from the per-minute ones)."""
+    allowance (10 at once, then 1 a second) lets about 10 through; the rest get 429
+    rate_limit_error with a whole-second retry-after, the page's words in the message, and
+    rate-limit headers of which none is exhausted (how a client tells these 429s from the
+    per-minute ones)."""
+    slow = {**STEADY, "initial_requests_per_minute": 60, "burst_s": 10}  # 10, then 1 a second
     control.configure(
-        {"acceleration_limit": STEADY, "fractional_retry_after": False}
+        {"acceleration_limit": slow, "fractional_retry_after": False}
     ).raise_for_status()
     answers = _burst(emulator.base_url, 40)
     refused = [a for a in answers if a != 200]
-    assert 40 - 12 <= len(refused) <= 40 - 10, len(refused)
+    assert 40 - 13 <= len(refused) <= 40 - 10, len(refused)  # (a burst may take 2-3 s here)
     for err in refused:
         assert err.body["error"]["type"] == "rate_limit_error"
         assert "acceleration limits" in err.body["error"]["message"]
@@ -72,33 +75,43 @@ def test_a_sudden_burst_gets_429_below_every_per_minute_limit(
     assert row["rate_limited"] == row["acceleration_limited"] == len(refused)
 
 
+def _instant_replies(control: Control) -> None:
+    """Replies in a few ms, so that a paced loop keeps its pace."""
+    quick = {"ttft_base_ms": 0, "decode_tokens_per_s": 5000}
+    control.configure({"models": {"claude-haiku-4-5": quick}}).raise_for_status()
+
+
+def _paced(base_url: str, per_s: float, n: int) -> None:
+    client = anthropic.Anthropic(api_key="k", base_url=base_url, max_retries=0)
+    start = time.monotonic()
+    for i in range(n):
+        time.sleep(max(0.0, start + i / per_s - time.monotonic()))
+        client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HELLO)
+
+
 def test_a_gradual_ramp_and_a_disabled_limit_pass(
     emulator: EmulatorProcess, control: Control
 ) -> None:
-    """Requests paced under the allowance (8/s against 10/s) all pass; with the limit
-    disabled the same burst of 40 passes whole."""
-    control.configure({"acceleration_limit": STEADY}).raise_for_status()
-    client = anthropic.Anthropic(api_key="k", base_url=emulator.base_url, max_retries=0)
-    start = time.monotonic()
-    for i in range(16):
-        time.sleep(max(0.0, start + i / 8 - time.monotonic()))
-        client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HELLO)
+    """Requests paced under the allowance (16/s against 20/s) all pass; with the limit
+    disabled a burst of 40 passes whole."""
+    _instant_replies(control)
+    control.configure(
+        {"acceleration_limit": {**STEADY, "initial_requests_per_minute": 1200}}
+    ).raise_for_status()
+    _paced(emulator.base_url, 16, 16)
     control.configure({"acceleration_limit": {"enabled": False}}).raise_for_status()
     assert _burst(emulator.base_url, 40) == [200] * 40
 
 
 def test_the_allowance_grows_with_steady_use(emulator: EmulatorProcess, control: Control) -> None:
-    """With growth 3 over a 1 s window, usage held at the allowance raises it: after 3 s at
-    10 requests/s, a burst of 20 passes that a fresh allowance would cut to about 10."""
-    control.configure(
-        {"acceleration_limit": {**STEADY, "growth": 3, "window_s": 1}}
-    ).raise_for_status()
-    client = anthropic.Anthropic(api_key="k", base_url=emulator.base_url, max_retries=0)
-    start = time.monotonic()
-    for i in range(30):
-        time.sleep(max(0.0, start + i / 10 - time.monotonic()))
-        client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HELLO)
-    assert _burst(emulator.base_url, 20) == [200] * 20
+    """With growth 3 over a 0.5 s window, usage held at the allowance raises it: after 1 s at
+    20 requests/s (a recent rate of ~17/s, so an allowance of ~52/s), a burst of 40 passes
+    whole, where a fresh allowance holds 20 (a burst beyond it gets 429: the test above)."""
+    _instant_replies(control)
+    growing = {**STEADY, "initial_requests_per_minute": 1200, "growth": 3, "window_s": 0.5}
+    control.configure({"acceleration_limit": growing}).raise_for_status()
+    _paced(emulator.base_url, 20, 20)
+    assert _burst(emulator.base_url, 40) == [200] * 40
 
 
 def test_the_harness_names_the_acceleration_limit_as_the_cause(
@@ -135,6 +148,7 @@ def test_the_harness_names_the_acceleration_limit_as_the_cause(
         client.close()
 
 
+@pytest.mark.slow
 def test_the_acceleration_limit_holds_across_processes() -> None:
     """One organisation, one allowance, however many worker processes answer: an allowance of
     6 at once (refilling 0.1 a second) admits exactly 6 of 14 requests, each on a new

@@ -58,6 +58,7 @@ def test_tokens_headers_are_the_sum_of_input_and_output(
     assert _reset_time(h[f"{PREFIX}tokens-reset"]) == later
 
 
+@pytest.mark.slow
 def test_the_shipped_fallback_config_sends_whole_second_retry_after() -> None:
     """workloads/emulator/fast-fallback.yaml as shipped: a fast-mode 429's retry-after is a
     whole number of seconds, at least 1, though the bucket refills in a fraction of one."""
