@@ -614,7 +614,8 @@ def _churn_once(t: Target, a: argparse.Namespace, users: int, duration: float) -
         f"{fmt(srv.get('p50'), 2)}/{fmt(srv.get('p99'), 2)}/{fmt(srv.get('max'), 1)}ms "
         f"floor p50/p99/max={fmt(r['floor_ms'].get('p50'), 2)}/{fmt(floor_p99, 2)}/"
         f"{fmt(r['floor_ms'].get('max'), 1)}ms loop lag p99={fmt(lag.get('p99'), 2)} "
-        f"(own {fmt(lag.get('own_p99'), 2)})ms {r['why']}"
+        f"(own {fmt(lag.get('own_p99'), 2)}, floor's own {fmt(r['floor_ms'].get('own_p99'), 2)})ms "
+        f"{r['why']}"
     )
     return r
 
@@ -647,9 +648,10 @@ def churn_table(results: list[dict[str, Any]], noise_cpu: float = 0.1) -> str:
     head = (
         "| target | run | users | requests/s | server CPU | emulator ft lateness "
         "p50 / p99 / max (ms) | floor p50 / p99 / max (ms) | p99 - floor p99 (ms) | "
-        "emulator loop lag p99 / own p99 (ms) | client-side ft p50 / p99 (ms) |"
+        "loop lag p99 / own p99, emulator (ms) | same, floor (ms) | "
+        "client-side ft p50 / p99 (ms) |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for res in results:
         for i, r in enumerate(res.get("runs", []), 1):
             srv, fl, lag = r["server_ft_ms"], r["floor_ms"], r["loop_lag_ms"]
@@ -662,6 +664,7 @@ def churn_table(results: list[dict[str, Any]], noise_cpu: float = 0.1) -> str:
                 f"{fmt(fl.get('p50'), 2)} / {fmt(fl.get('p99'), 2)} / {fmt(fl.get('max'), 1)} | "
                 f"{fmt(r.get('excess_p99_ms'), 2)} | "
                 f"{fmt(lag.get('p99'), 2)} / {fmt(lag.get('own_p99'), 2)} | "
+                f"{fmt(fl.get('p99'), 2)} / {fmt(fl.get('own_p99'), 2)} | "
                 f"{fmt(cl.get('p50'), 2)} / {fmt(cl.get('p99'), 2)} |"
             )
     return "\n".join(lines)

@@ -3,9 +3,11 @@
 Runs ``loadkit.emulator.looplag.LoopLag`` (the probe the emulator runs on its own loop, a
 timer armed exactly as a stream's first token is) on an otherwise idle loop, pinned to
 ``--cpu``, for ``--duration`` seconds after ``--warmup``; prints one JSON object: lateness
-p50/p90/p99/max in ms. Run it on the emulator's core during a benchmark step and the
-emulator's first-token lateness can be read against it: what the floor has, the machine
-(and the core's other load) added; what the emulator has beyond it, the emulator did.
+p50/p90/p99/max in ms, and the same of its ``own`` part (less the time the kernel kept the
+loop waiting for a CPU: what is left is the loop's own timer granularity). Run it on the
+emulator's core during a benchmark step and the emulator's first-token lateness can be read
+against it: what the floor has, the machine (and the core's other load) added; what the
+emulator has beyond it, the emulator did.
 
     python bench/timer_floor.py --cpu 0 --warmup 2 --duration 10
 """
@@ -39,8 +41,14 @@ async def probe(a: argparse.Namespace) -> dict[str, object]:
     t0 = time.perf_counter()
     await asyncio.sleep(a.duration)
     lag.stop()
-    samples = [ms for t, ms, _ in lag.recent if t >= t0]
-    return {"cpu": a.cpu, "interval_ms": a.interval_ms, **summary(samples)}
+    kept = [(ms, own) for t, ms, own in lag.recent if t >= t0]
+    own = summary([o for _, o in kept])
+    return {
+        "cpu": a.cpu,
+        "interval_ms": a.interval_ms,
+        **summary([ms for ms, _ in kept]),
+        **{f"own_{k}": v for k, v in own.items() if k != "n"},
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
