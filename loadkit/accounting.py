@@ -20,6 +20,17 @@ So, per model x speed, the invariants checked are:
 
 Anything else is a real loss or a wrong outcome and is reported as a mismatch; the gone
 attempts the server had answered are reported by what it answered, not as mismatches.
+
+A distributed run that lost workers (killed, cut off: ``locust_plugin/workers.py``) lacks
+what they did after their last report: the emulator received more than the harness sent.
+Those are the lost workers' unreported attempts, and the invariants become:
+
+- received: the emulator received at least the attempts the harness sent; the difference is
+  the lost workers' unreported attempts (``unreported``);
+- for every counter but ``client_closed``, harness (known) <= emulator;
+- the emulator's excess over the known outcomes, summed over all its counters, equals the
+  gone attempts plus the unreported ones exactly (``gone_as`` then says how the emulator ended
+  both; with no gone attempt, how it ended the lost workers' requests).
 """
 
 from __future__ import annotations
@@ -97,6 +108,7 @@ class Reconciliation:
 
     problems: list[str] = field(default_factory=list)
     gone: int = 0  # attempts the harness sent and stopped waiting for (cancelled, timeout)
+    unreported: int = 0  # lost workers: attempts the emulator received that no report carried
     # emulator counter -> how many of the gone attempts it counted there (client_closed:
     # it saw the client leave; any other: it had answered before the client left)
     gone_as: Counter[str] = field(default_factory=Counter)
@@ -108,16 +120,20 @@ class Reconciliation:
 
 
 def compare(
-    ours: Counter[tuple[str, str, str]], theirs: Counter[tuple[str, str, str]]
+    ours: Counter[tuple[str, str, str]],
+    theirs: Counter[tuple[str, str, str]],
+    lost_workers: bool = False,
 ) -> Reconciliation:
-    """Check the invariants (see the module's docstring) per model x speed."""
+    """Check the invariants (see the module's docstring) per model x speed; with
+    ``lost_workers``, the emulator may have received attempts that no report carried."""
     result = Reconciliation()
     pairs = {(model, speed) for model, speed, _ in set(ours) | set(theirs)}
     for model, speed in sorted(pairs):
         problems = []
         name = f"{model} {speed}"
         sent, received = ours[(model, speed, "received")], theirs[(model, speed, "received")]
-        if sent != received:
+        unreported = received - sent if lost_workers and received > sent else 0
+        if sent + unreported != received:
             problems.append(f"{name} received: harness sent {sent}, emulator received {received}")
         gone = ours[(model, speed, GONE)]
         excess: Counter[str] = Counter()
@@ -128,7 +144,7 @@ def compare(
                 problems.append(f"{name} {counter}: harness {known}, emulator {counted}")
             elif counted > known:
                 excess[counter] = counted - known
-        if sum(excess.values()) != gone:
+        if sum(excess.values()) != gone + unreported:
             ended = sum(theirs[(model, speed, c)] for c in COUNTERS)
             in_flight = received - ended
             beyond = ", ".join(
@@ -137,12 +153,15 @@ def compare(
                 for counter in sorted(excess)
             )
             problems.append(
-                f"{name}: {gone} attempts cancelled or timed out, but the emulator counted "
+                f"{name}: {gone} attempts cancelled or timed out"
+                + (f" and {unreported} unreported by lost workers" if unreported else "")
+                + ", but the emulator counted "
                 f"{sum(excess.values())} outcomes beyond the harness's known ones"
                 + (f": {beyond}" if beyond else "")
                 + (f"; {in_flight} still in flight there" if in_flight else "")
             )
         result.gone += gone
+        result.unreported += unreported
         if not problems:
             result.gone_as.update(excess)
         result.problems.extend(problems)
@@ -250,15 +269,32 @@ def reconcile_run(aggregate: Aggregate, counters: EmulatorCounters) -> dict[str,
     Prints the verdict (to stderr: stdout belongs to Locust) and returns the summary's
     ``accounting`` section.
     """
+    return reconcile_lost(aggregate, counters, 0)[0]
+
+
+def reconcile_lost(
+    aggregate: Aggregate, counters: EmulatorCounters, lost_workers: int
+) -> tuple[dict[str, Any], Reconciliation]:
+    """``reconcile_run`` of a run that lost ``lost_workers`` workers: the attempts the emulator
+    received from them that no report carried are explained (``Reconciliation.unreported``,
+    ended as ``gone_as`` says), not mismatches."""
     ours = harness_counts(aggregate)
     theirs = counters.during_run(ours)
-    result = compare(ours, theirs)
+    result = compare(ours, theirs, lost_workers=lost_workers > 0)
     received = sum(n for (_, _, counter), n in theirs.items() if counter == "received")
     sent = sum(n for (_, _, counter), n in ours.items() if counter == "received")
     if result.problems:
         print("accounting: the harness and the emulator disagree:", file=sys.stderr, flush=True)
         for line in result.problems:
             print(f"  {line}", file=sys.stderr, flush=True)
+    elif result.unreported:
+        print(
+            f"accounting: the emulator received {received} attempts: {sent} match the harness's "
+            f"reports, {result.unreported} were sent by {lost_workers} lost worker(s) after "
+            "their last report" + _lost_explanation(result),
+            file=sys.stderr,
+            flush=True,
+        )
     else:
         print(
             f"accounting: all {received} attempts match the emulator's counters"
@@ -266,7 +302,7 @@ def reconcile_run(aggregate: Aggregate, counters: EmulatorCounters) -> dict[str,
             file=sys.stderr,
             flush=True,
         )
-    return {
+    section = {
         "emulator_received": received,
         "harness_sent": sent,
         "mismatches": result.problems,
@@ -276,3 +312,11 @@ def reconcile_run(aggregate: Aggregate, counters: EmulatorCounters) -> dict[str,
         "cancelled_closed_by_client": result.gone_as.get(GONE, 0),
         "cancelled_answered_as": result.answered,
     }
+    return section, result
+
+
+def _lost_explanation(result: Reconciliation) -> str:
+    """How the emulator ended the attempts the harness has no answer for."""
+    ended = ", ".join(f"{n} {counter}" for counter, n in sorted(result.gone_as.items()) if n)
+    gone = f" and the {result.gone} cancelled or timed out" if result.gone else ""
+    return f" (the emulator ended those{gone} as: {ended})"

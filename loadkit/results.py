@@ -124,6 +124,40 @@ class RunMeta(_Strict):
     git_commit: str | None  # loadkit's checkout, when it is one
 
 
+class WorkerFate(_Strict):
+    """One worker of a distributed run as the master saw it (``locust_plugin/workers.py``)."""
+
+    worker: str  # Locust's client id: the worker's hostname and a random suffix
+    index: int | None
+    # "lost": its final report never came (killed, cut off to the end): what it did after its
+    # last report is missing from the figures; "rejoined": it went missing and came back, and
+    # its queued reports were merged
+    fate: Literal["reported to the end", "rejoined", "lost"]
+    reports: int
+    last_report_s: float | None  # seconds after the run's start
+    requests_reported: int
+    attempts_reported: int  # attempts sent, as its reports said (reconciled with the emulator)
+    in_flight_at_last_report: int  # requests it had in flight when it sent its last report
+    missing_s: list[list[float | None]]  # [went missing, came back (None: never)], in s
+
+
+class WorkersSection(_Strict):
+    """A distributed run's workers: lost and rejoined ones, and what the lost ones left out.
+
+    ``unreported_attempts``: attempts the emulator received from lost workers that no report
+    carried; ``unanswered_by_outcome``: how the emulator ended them and the
+    ``cancelled_or_timed_out`` attempts (exactly the former when that is 0).
+    """
+
+    workers: list[WorkerFate]
+    lost: int
+    rejoined: int
+    locust_behaviour: str
+    unreported_attempts: int | None = None
+    unanswered_by_outcome: dict[str, int] | None = None
+    cancelled_or_timed_out: int | None = None
+
+
 class RunSummary(BaseModel):
     """One run's results. Sections absent from a run (no sweep, no SLOs...) are left out."""
 
@@ -144,6 +178,7 @@ class RunSummary(BaseModel):
     accounting: dict[str, Any] | None = None
     validation: dict[str, Any] | None = None
     influxdb: dict[str, Any] | None = None
+    workers: WorkersSection | None = None
     breaches: list[str] | None = None
     interrupted_by: str | None = None
     exit_code: int | None = None

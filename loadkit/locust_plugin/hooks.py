@@ -22,7 +22,7 @@ from locust import events
 from locust import stats as locust_stats
 from locust.runners import STATE_INIT, STATE_STOPPED, STATE_STOPPING, MasterRunner, WorkerRunner
 
-from loadkit.accounting import EmulatorCounters, reconcile_run
+from loadkit.accounting import EmulatorCounters, Reconciliation, reconcile_lost
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.gctune import tune_gc
@@ -43,7 +43,9 @@ from loadkit.locust_plugin.run import (
     run_of,
 )
 from loadkit.locust_plugin.targets import TargetPolicy
+from loadkit.locust_plugin.workers import IN_FLIGHT_KEY, describe
 from loadkit.redact import redact_url
+from loadkit.results import WorkersSection
 from loadkit.summary import format_table, summary_data, write_summary
 from loadkit.workload import WorkloadError
 
@@ -192,6 +194,9 @@ def _test_start(run: Run) -> None:
     run.aggregate.reset()
     run.refused = False
     run.plan = None
+    if run.role.collects:
+        run.workers.reset(run.aggregate.started_at)
+        gevent.spawn(_watch_workers, run)
     if run.refused_at_init:
         run.refused = True
         return
@@ -238,12 +243,24 @@ def _test_stopping(run: Run) -> None:
 def _report(run: Run, data: dict[str, Any]) -> None:
     data[WIRE_KEY] = run.aggregate.take_wire()
     data[FINAL_KEY] = run.stopped
+    data[IN_FLIGHT_KEY] = run.in_flight.snapshot()
 
 
 def _worker_report(run: Run, client_id: str, data: dict[str, Any]) -> None:
-    run.aggregate.merge_wire(data.get(WIRE_KEY) or [])
+    wire = data.get(WIRE_KEY) or []
+    run.workers.report(client_id, wire, data)
+    run.aggregate.merge_wire(wire)
     if data.get(FINAL_KEY):
         run.final_reports.add(client_id)
+        run.workers.final(client_id)
+
+
+def _watch_workers(run: Run) -> None:
+    """Master: note the workers Locust marks missing (and back), until the run's end."""
+    runner = run.environment.runner
+    while not run.finished:
+        run.workers.watch(runner.clients.all, runner.get_worker_index)
+        gevent.sleep(0.5)
 
 
 # Locust's master, when a headless run ends, gives its workers 0.5 s to send their last
@@ -258,33 +275,41 @@ def _stop_and_report(run: Run) -> None:
 
 
 def _collect_final_reports(run: Run) -> None:
+    """Ask every worker to stop and report; wait for those that are not missing (a missing
+    worker, killed or cut off, would hold the run's end for nothing: it is reported lost)."""
     runner = run.environment.runner
-    expected = {client.id for client in runner.clients.all}
+    nodes = runner.clients
+    expected = {client.id for client in nodes.all}
     run.final_reports.clear()
     for client_id in expected:
         runner.send_message(STOP_MESSAGE, None, client_id)
     deadline = time.monotonic() + FINAL_REPORT_TIMEOUT_S
-    while not expected <= run.final_reports and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        run.workers.watch(nodes.all, runner.get_worker_index)
+        if not (expected & run.workers.awaited(nodes.all)) - run.final_reports:
+            break
         gevent.sleep(0.05)
     missing = expected - run.final_reports
     if missing:
         log.warning(
-            "loadkit: no final report from %s within %.0f s: its last requests are missing",
+            "loadkit: no final report from %s: its last requests are missing (see the summary's "
+            "workers section)",
             ", ".join(sorted(missing)),
-            FINAL_REPORT_TIMEOUT_S,
         )
 
 
-def _accounting(run: Run, data: dict[str, Any]) -> None:
+def _accounting(run: Run, data: dict[str, Any], lost_workers: int) -> Reconciliation | None:
     counters = run.emulator_counters
     if counters is None:
-        return
+        return None
     try:
-        data["accounting"] = reconcile_run(run.aggregate, counters)
+        data["accounting"], reconciliation = reconcile_lost(run.aggregate, counters, lost_workers)
     except Exception as err:  # the target died or stopped answering: say so, write the rest
         reason = f"{type(err).__name__}: {err}"
         data["accounting"] = {"available": False, "reason": reason, "mismatches": []}
         say(f"accounting: unavailable: {reason}")
+        return None
+    return reconciliation
 
 
 def _end_checks(run: Run, data: dict[str, Any]) -> list[str]:
@@ -355,7 +380,13 @@ def _finish(run: Run) -> None:
     if run.interrupted_by:
         data["interrupted_by"] = run.interrupted_by
     say("\n" + format_table(data))
-    _accounting(run, data)
+    lost = len(run.workers.lost()) if run.role.collects else 0
+    reconciliation = _accounting(run, data, lost)
+    if run.role.collects:
+        workers = WorkersSection.model_validate(run.workers.section(reconciliation))
+        data["workers"] = workers.model_dump(mode="json")
+        for line in describe(data["workers"]):
+            say(line)
     sink = influx.summary(run)
     if sink is not None:
         data["influxdb"] = sink

@@ -21,6 +21,7 @@ from loadkit.client import RequestSpec, StreamingClient
 from loadkit.emulator.launcher import EmulatorProcess
 from loadkit.fallback import FallbackPolicy, FallbackSettings
 from loadkit.locust_plugin.targets import TargetPolicy
+from loadkit.locust_plugin.workers import InFlight, Workers
 from loadkit.prompts import PromptFactory
 from loadkit.workload import Sampler, Workload, WorkloadError, load_workload, parse_workload
 
@@ -155,6 +156,8 @@ class Run:
     stopped: bool = False  # worker: its users were stopped (its next report is its last)
     stopping_at: int = 0  # perf_counter_ns when the run began to stop (0: it has not)
     final_reports: set[str] = field(default_factory=set)  # master: workers that sent theirs
+    workers: Workers = field(default_factory=Workers)  # master: each worker's reports and fate
+    in_flight: InFlight = field(default_factory=InFlight)  # requests being sent, not yet ended
     cache_ttl: str = "5m"
     interrupted_by: str = ""  # "SIGINT" or "SIGTERM" when a signal ended the run
     refused: bool = False  # this run could not start (its reason was given)

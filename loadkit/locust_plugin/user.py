@@ -56,12 +56,15 @@ class LLMUser(User):
             costguard.stop_for_budget(run)
             gevent.sleep(1.0)
             return
+        run.in_flight.started(spec.model, spec.speed)
         try:
             record = policy.send(spec)
         except RequestCancelled as cancelled:
             costguard.settle(run.capacity, estimate, cancelled.record)
             report(run, cancelled.record)
             raise cancelled.__cause__ or cancelled from None
+        finally:
+            run.in_flight.ended(spec.model, spec.speed)
         costguard.settle(run.capacity, estimate, record)
         report(run, record)
 
