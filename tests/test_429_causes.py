@@ -26,6 +26,8 @@ def _record(*causes: tuple[str, str]) -> ResultRecord:
 
 
 def test_worker_counts_merge_on_the_master() -> None:
+    """A 429 "describing which rate limit was exceeded" (rate limits page, "Rate limits"),
+    counted by that limit on each worker, adds up on the master."""
     workers = [Aggregate(), Aggregate()]
     workers[0].add(_record(("fast", "fast_input_tokens")))
     workers[0].add(_record(("fast", "acceleration"), ("standard", "acceleration")))
@@ -45,7 +47,8 @@ def test_worker_counts_merge_on_the_master() -> None:
 
 def test_the_figures_carry_429s_by_limit() -> None:
     """Per model x speed, as the results schema types them (the printed line under the
-    table is checked on a real run in tests/test_fallback.py)."""
+    table is checked on a real run in tests/test_fallback.py). Rate limits page, "Rate
+    limits": each per-minute limit and the acceleration limit answer 429."""
     aggregate = Aggregate()
     aggregate.add(_record(("fast", "fast_output_tokens"), ("standard", "acceleration")))
     figures = group_figures(aggregate.groups[("claude-opus-4-6", "fast")], 1.0)

@@ -46,6 +46,8 @@ def _burst(base_url: str, n: int) -> list[Any]:
 
 
 def test_acceleration_limit_is_on_by_default() -> None:
+    """Production has it (rate limits page, "Rate limits": "You might also encounter 429
+    errors due to acceleration limits"): so has the emulator unless told otherwise."""
     assert EmulatorConfig().acceleration_limit.enabled
 
 
@@ -56,7 +58,8 @@ def test_a_sudden_burst_gets_429_below_every_per_minute_limit(
     allowance (10 at once, then 1 a second) lets about 10 through; the rest get 429
     rate_limit_error with a whole-second retry-after, the page's words in the message, and
     rate-limit headers of which none is exhausted (how a client tells these 429s from the
-    per-minute ones)."""
+    per-minute ones). Rate limits page, "Rate limits": "a sharp increase in usage"; "Response
+    headers": retry-after is "The number of seconds to wait"."""
     slow = {**STEADY, "initial_requests_per_minute": 60, "burst_s": 10}  # 10, then 1 a second
     control.configure(
         {"acceleration_limit": slow, "fractional_retry_after": False}
@@ -92,8 +95,9 @@ def _paced(base_url: str, per_s: float, n: int) -> None:
 def test_a_gradual_ramp_and_a_disabled_limit_pass(
     emulator: EmulatorProcess, control: Control
 ) -> None:
-    """Requests paced under the allowance (16/s against 20/s) all pass; with the limit
-    disabled a burst of 40 passes whole."""
+    """Requests paced under the allowance (16/s against 20/s) all pass ("ramp up your traffic
+    gradually and maintain consistent usage patterns", rate limits page, "Rate limits"); with
+    the limit disabled a burst of 40 passes whole."""
     _instant_replies(control)
     control.configure(
         {"acceleration_limit": {**STEADY, "initial_requests_per_minute": 1200}}
@@ -106,7 +110,9 @@ def test_a_gradual_ramp_and_a_disabled_limit_pass(
 def test_the_allowance_grows_with_steady_use(emulator: EmulatorProcess, control: Control) -> None:
     """With growth 3 over a 0.5 s window, usage held at the allowance raises it: after 1 s at
     20 requests/s (a recent rate of ~17/s, so an allowance of ~52/s), a burst of 40 passes
-    whole, where a fresh allowance holds 20 (a burst beyond it gets 429: the test above)."""
+    whole, where a fresh allowance holds 20 (a burst beyond it gets 429: the test above).
+    "To avoid hitting acceleration limits, ramp up your traffic gradually" (rate limits page,
+    "Rate limits")."""
     _instant_replies(control)
     growing = {**STEADY, "initial_requests_per_minute": 1200, "growth": 3, "window_s": 0.5}
     control.configure({"acceleration_limit": growing}).raise_for_status()
@@ -119,7 +125,9 @@ def test_the_harness_names_the_acceleration_limit_as_the_cause(
 ) -> None:
     """The harness's client reads the 429's headers once: no limit exhausted, so the cause is
     the acceleration limit; 429s from an exhausted requests limit, and from fast mode's input
-    tokens limit, are named so."""
+    tokens limit, are named so. Rate limits page, "Response headers" (the -remaining of each
+    limit); fast mode page (platform.claude.com/docs/en/build-with-claude/fast-mode, "Rate
+    limits": the anthropic-fast-* headers)."""
     slow = {**STEADY, "initial_requests_per_minute": 60, "burst_s": 10}  # 10, then 1 a second
     control.configure({"acceleration_limit": slow}).raise_for_status()
     _burst(emulator.base_url, 12)  # the allowance is spent
@@ -150,7 +158,8 @@ def test_the_harness_names_the_acceleration_limit_as_the_cause(
 
 @pytest.mark.slow
 def test_the_acceleration_limit_holds_across_processes() -> None:
-    """One organisation, one allowance, however many worker processes answer: an allowance of
+    """One organisation, one allowance, however many worker processes answer ("if your
+    organization has a sharp increase in usage", rate limits page, "Rate limits"): an allowance of
     6 at once (refilling 0.1 a second) admits exactly 6 of 14 requests, each on a new
     connection (so on either worker); split state would admit up to 12."""
     config = {

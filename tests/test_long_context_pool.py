@@ -50,7 +50,9 @@ def test_a_long_request_draws_on_the_long_context_pool_with_its_headers(
 ) -> None:
     """A 250K-token request is charged to the 300,000/min pool, and its headers say so; a
     second one gets 429 naming the long context limit, its headers showing the pool's
-    remainder, while a short request still passes on the standard pool, untouched."""
+    remainder, while a short request still passes on the standard pool, untouched. Rate
+    limits page, "Long context rate limits" (2025-08 version); fast mode page, "Rate limits":
+    "separate limits for <=200K and >200K input tokens"."""
     client = anthropic.Anthropic(api_key="k", base_url=emulator.base_url, max_retries=0)
     first = client.messages.with_raw_response.create(
         model="claude-opus-4-6", max_tokens=20, messages=LONG
@@ -80,7 +82,8 @@ def test_a_long_request_draws_on_the_long_context_pool_with_its_headers(
 def test_a_long_fast_request_uses_fast_modes_single_limit(
     emulator: EmulatorProcess, long_pool: Control
 ) -> None:
-    """Fast mode covers the whole context range: a 250K-token fast request is charged to the
+    """Fast mode "uses a single rate limit that covers the full context range" (fast mode
+    page, "Rate limits"): a 250K-token fast request is charged to the
     fast limit, leaving the long-context pool full."""
     long_pool.configure({"fast_mode": {"input_tokens_per_minute": 1_000_000}}).raise_for_status()
     client = anthropic.Anthropic(api_key="k", base_url=emulator.base_url, max_retries=0)

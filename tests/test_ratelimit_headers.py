@@ -33,7 +33,8 @@ def test_tokens_headers_are_the_sum_of_input_and_output(
 ) -> None:
     """Input 10,000/min and output 3,000/min: tokens-limit is 13,000 and tokens-remaining
     the sum of both remainders (not the tighter one's values); tokens-reset is when both are
-    full again, the later of the two."""
+    full again, the later of the two. Rate limits page, "Response headers": "the most
+    restrictive limit currently in effect ... the sum of input and output tokens"."""
     control.configure(
         {
             "rate_limits": {
@@ -60,7 +61,8 @@ def test_tokens_headers_are_the_sum_of_input_and_output(
 
 @pytest.mark.slow
 def test_the_shipped_fallback_config_sends_whole_second_retry_after() -> None:
-    """workloads/emulator/fast-fallback.yaml as shipped: a fast-mode 429's retry-after is a
+    """workloads/emulator/fast-fallback.yaml as shipped (rate limits page, "Response headers":
+    retry-after, "The number of seconds to wait"): a fast-mode 429's retry-after is a
     whole number of seconds, at least 1, though the bucket refills in a fraction of one."""
     config = ROOT / "workloads/emulator/fast-fallback.yaml"
     with EmulatorProcess(config_path=config, seed=3) as emu:
@@ -84,7 +86,7 @@ def test_fractional_retry_after_only_when_asked(
     emulator: EmulatorProcess, control: Control
 ) -> None:
     """The test config asks for decimals (fractional_retry_after: true); turned off, the
-    same 429 says whole seconds."""
+    same 429 says whole seconds, as the rate limits page ("Response headers") defines it."""
     control.configure({"rate_limits": {"haiku": {"requests_per_minute": 1}}}).raise_for_status()
     client = anthropic.Anthropic(api_key="k", base_url=emulator.base_url, max_retries=0)
     client.messages.create(model="claude-haiku-4-5", max_tokens=20, messages=HELLO)
