@@ -14,7 +14,11 @@ __all__ = ["LLMUser", "result_event"]
 
 def __getattr__(name: str) -> Any:
     if name == "LLMUser":
-        from loadkit.locust_plugin import hooks  # noqa: F401 - registers the event listeners
+        # hooks first: records' init listener must come after the run's own
+        from loadkit.locust_plugin import (
+            hooks,  # noqa: F401 - registers the event listeners
+            records,  # noqa: F401 - the --records writer's
+        )
         from loadkit.locust_plugin.user import LLMUser
 
         return LLMUser

@@ -75,6 +75,12 @@ def add_options(parser: Any) -> None:
         help="Write the end-of-run summary as JSON to this path",
     )
     parser.add_argument(
+        "--records",
+        default="",
+        help="Write every request's result record to this JSON Lines file, for loadkit "
+        "calibrate (workers each write their own: PATH-workerN before its suffix)",
+    )
+    parser.add_argument(
         "--fallback",
         default="",
         choices=["", *POLICIES],
