@@ -5,7 +5,7 @@ and healthchecks are checked as Compose would wire them (issue #14, part 2).
 
 No container engine and no InfluxDB 2 or Grafana image run here; what stands in for what:
 
-- the image's installed ``loadkit``/``locust``/``python``: this checkout's ``.venv/bin`` first
+- the image's installed ``loadkit``/``locust``/``python``: the test interpreter's venv first
   on ``PATH``, the checkout as the working directory (the image's ``WORKDIR``, which holds the
   same ``locustfiles/`` and ``workloads/``, checked against the Dockerfile's ``COPY`` lines);
 - ``influxdb`` (``influxdb:2.7``): VictoriaMetrics (``tests/servers.py``), which takes the
@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +91,8 @@ def container_port(mapping: str) -> int:
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
     """A service's environment over a clean one, with the image's commands on ``PATH``."""
-    env = clean_environment({"PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}"})
+    scripts = Path(sys.executable).parent  # this interpreter's venv: loadkit, locust, python
+    env = clean_environment({"PATH": f"{scripts}:{os.environ.get('PATH', '')}"})
     given = service.get("environment") or {}
     if isinstance(given, list):
         given = dict(item.split("=", 1) for item in given)
