@@ -190,7 +190,7 @@ def _limits(headers: dict[str, Any], prefix: str, buckets: dict[str, str]) -> Li
     found: dict[str, float | None] = {}
     for bucket, key in buckets.items():
         value = headers.get(f"{prefix}{bucket}-limit")
-        found[key] = float(value) if isinstance(value, str) and value.isdigit() else None
+        found[key] = int(value) if isinstance(value, str) and value.isdigit() else None
     return tuple(sorted(found.items()))
 
 
