@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cpu", type=int, default=0, help="CPU to pin to (-1: no pinning)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds not measured")
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    p.add_argument("--interval-ms", type=float, default=5.0, help="one timer every ...")
+    p.add_argument("--interval-ms", type=float, default=10.0, help="one timer every ...")
     a = p.parse_args(argv)
     if a.duration <= 0 or a.warmup < 0 or a.interval_ms <= 0:
         p.error("--duration and --interval-ms must be positive, --warmup not negative")

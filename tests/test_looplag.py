@@ -53,7 +53,8 @@ def test_lag_is_in_stats_sane_and_rises_when_the_loop_is_blocked(
     guarded: EmulatorProcess,
 ) -> None:
     figure = wait_for_samples(guarded, 40)
-    assert figure["probe_interval_ms"] == 5.0
+    interval_s = figure["probe_interval_ms"] / 1000.0
+    assert interval_s == 0.01
     for span in ("since_start", "recent"):
         part = figure[span]
         assert part["samples"] >= 40
@@ -62,13 +63,13 @@ def test_lag_is_in_stats_sane_and_rises_when_the_loop_is_blocked(
         assert part["own_max"] <= part["max"]
         assert part["p50"] < 20.0  # an idle loop's median timer is not 20 ms late
     start = figure["since_start"]
-    # one loop sampling every 5 ms cannot have more samples than its uptime allows
-    assert start["samples"] <= start["seconds"] / 0.005 + 1
+    # one loop sampling every 10 ms cannot have more samples than its uptime allows
+    assert start["samples"] <= start["seconds"] / interval_s + 1
 
     refused = httpx2.post(f"{guarded.base_url}/_emulator/block?ms={BLOCK_MS}", timeout=10)
     assert refused.status_code == 401
     assert TOKEN not in refused.text
-    assert lag(guarded)["since_start"]["max"] < BLOCK_MS - 5
+    assert lag(guarded)["since_start"]["max"] < BLOCK_MS - 10
 
     bad = httpx2.post(f"{guarded.base_url}/_emulator/block?ms=5000", headers=AUTH, timeout=10)
     assert bad.status_code == 400 and "ms" in bad.json()["error"]["message"]
@@ -81,8 +82,8 @@ def test_lag_is_in_stats_sane_and_rises_when_the_loop_is_blocked(
     assert time.perf_counter() - t0 >= BLOCK_MS / 1000.0
     after = lag(guarded)
     for span in ("since_start", "recent"):
-        # the probe's timer was due at most one interval (5 ms) after the stall began
-        assert BLOCK_MS - 5 <= after[span]["max"] < BLOCK_MS + 1000
+        # the probe's timer was due at most one interval (10 ms) after the stall began
+        assert BLOCK_MS - 10 <= after[span]["max"] < BLOCK_MS + 1000
         # the loop stalled itself (it slept; it did not wait for a CPU): the lag is its own
         assert after[span]["own_max"] >= BLOCK_MS - 50
     assert after["since_start"]["samples"] > figure["since_start"]["samples"]
@@ -98,7 +99,7 @@ def test_block_does_not_exist_without_a_control_token(monkeypatch: pytest.Monkey
             )
             assert answer.status_code == 404
         assert time.perf_counter() - t0 < BLOCK_MS / 1000.0
-        assert lag(emulator)["since_start"]["max"] < BLOCK_MS - 5
+        assert lag(emulator)["since_start"]["max"] < BLOCK_MS - 10
 
 
 def test_lag_merges_over_processes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,14 +108,14 @@ def test_lag_merges_over_processes(monkeypatch: pytest.MonkeyPatch) -> None:
         figure = wait_for_samples(emulator, 100)
         start = figure["since_start"]
         # more samples than one loop can take in the time: both processes' are in
-        assert start["samples"] > start["seconds"] / 0.005 * 1.2
+        assert start["samples"] > start["seconds"] / 0.01 * 1.2
         assert figure["recent"]["samples"] == start["samples"]  # younger than the window
         answer = httpx2.post(
             f"{emulator.base_url}/_emulator/block?ms={BLOCK_MS}", headers=AUTH, timeout=10
         )
         assert answer.status_code == 200
         # whichever worker stalled, the merged figure shows it
-        assert lag(emulator)["since_start"]["max"] >= BLOCK_MS - 5
+        assert lag(emulator)["since_start"]["max"] >= BLOCK_MS - 10
 
 
 def test_histogram_percentiles_and_merge_agree_with_the_samples() -> None:

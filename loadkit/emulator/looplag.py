@@ -63,7 +63,7 @@ class LoopLag:
     """Samples the running loop's timer lateness every ``interval_s`` until ``stop()``."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, interval_s: float = 0.005, window_s: float = 10.0
+        self, loop: asyncio.AbstractEventLoop, interval_s: float = 0.01, window_s: float = 10.0
     ) -> None:
         if not 0.0 < interval_s <= 1.0:
             raise ValueError(f"interval_s must be in (0, 1] seconds, not {interval_s!r}")
