@@ -45,6 +45,7 @@ import httpx2
 
 from loadkit.aggregate import UNSENT, Aggregate
 from loadkit.catalog import canonical_model
+from loadkit.results import AccountingSection
 
 EMULATOR_COUNTER = {
     "ok": "completed",
@@ -263,7 +264,7 @@ def _explanation(result: Reconciliation) -> str:
     )
 
 
-def reconcile_run(aggregate: Aggregate, counters: EmulatorCounters) -> dict[str, Any]:
+def reconcile_run(aggregate: Aggregate, counters: EmulatorCounters) -> AccountingSection:
     """Compare every attempt the harness made with what the emulator counted meanwhile.
 
     Prints the verdict (to stderr: stdout belongs to Locust) and returns the summary's
@@ -274,7 +275,7 @@ def reconcile_run(aggregate: Aggregate, counters: EmulatorCounters) -> dict[str,
 
 def reconcile_lost(
     aggregate: Aggregate, counters: EmulatorCounters, lost_workers: int
-) -> tuple[dict[str, Any], Reconciliation]:
+) -> tuple[AccountingSection, Reconciliation]:
     """``reconcile_run`` of a run that lost ``lost_workers`` workers: the attempts the emulator
     received from them that no report carried are explained (``Reconciliation.unreported``,
     ended as ``gone_as`` says), not mismatches."""
@@ -302,16 +303,16 @@ def reconcile_lost(
             file=sys.stderr,
             flush=True,
         )
-    section = {
-        "emulator_received": received,
-        "harness_sent": sent,
-        "mismatches": result.problems,
+    section = AccountingSection(
+        emulator_received=received,
+        harness_sent=sent,
+        mismatches=result.problems,
         # attempts the harness stopped waiting for (cancelled, timed out), and what the
         # emulator made of them: closed by the client, or answered (by outcome) before that
-        "cancelled_or_timed_out": result.gone,
-        "cancelled_closed_by_client": result.gone_as.get(GONE, 0),
-        "cancelled_answered_as": result.answered,
-    }
+        cancelled_or_timed_out=result.gone,
+        cancelled_closed_by_client=result.gone_as.get(GONE, 0),
+        cancelled_answered_as=dict(result.answered),
+    )
     return section, result
 
 

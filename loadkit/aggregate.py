@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from loadkit.record import Outcome, ResultRecord
 from loadkit.sketch import Sketch
@@ -31,7 +31,7 @@ SKETCHES = (
     "otps_fell_back",
     "e2e_ms_fell_back",
 )
-SERVED = ("as_asked", "fell_back")
+SERVED: tuple[Literal["as_asked"], Literal["fell_back"]] = ("as_asked", "fell_back")
 TOTALS = (
     "requests",
     "input_tokens",

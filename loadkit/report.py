@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loadkit.aggregate import Aggregate, combine
+from loadkit.results import RunSummary
 from loadkit.sweep import capacity_label, capacity_line, verdict
 
 WINDOW_S = 5  # the width of the time windows the Locust layer slices by
@@ -182,21 +183,21 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_report(aggregate: Aggregate, data: dict[str, Any]) -> str:
+def render_report(aggregate: Aggregate, summary: RunSummary) -> str:
     sections = []
     summary_rows = [
         [
-            f"{g['model']} {g['speed']}",
-            g["requests"],
-            g["failures"],
-            g["ttft_ms"]["p50"],
-            g["ttft_ms"]["p99"],
-            g["otps"]["p50"],
-            g["e2e_ms"]["p99"],
-            g["output_tokens_per_s"],
-            f"{g['cost_usd']:.4f}",
+            f"{g.model} {g.speed}",
+            g.requests,
+            g.failures,
+            g.ttft_ms.p50,
+            g.ttft_ms.p99,
+            g.otps.p50,
+            g.e2e_ms.p99,
+            g.output_tokens_per_s,
+            f"{g.cost_usd:.4f}",
         ]
-        for g in data["groups"]
+        for g in summary.groups
     ]
     sections.append(
         "<h2>Summary</h2>"
@@ -240,15 +241,15 @@ def render_report(aggregate: Aggregate, data: dict[str, Any]) -> str:
                 "Errors and 429s", series["errors"], "seconds into the run", "requests per window"
             )
         )
-    sweep = data.get("sweep")
-    if sweep:
+    sweep = summary.sweep
+    if sweep is not None:
         points = [
-            (row["achieved_requests_per_s"], row["ttft_ms"]["p95"])
-            for row in sweep["steps"]
-            if row["ttft_ms"]["p95"] is not None
+            (row.achieved_requests_per_s, row.ttft_ms.p95)
+            for row in sweep.steps
+            if row.ttft_ms.p95 is not None
         ]
-        capacity_row = next((r for r in sweep["steps"] if r["offered"] == sweep["capacity"]), None)
-        marker = capacity_row["achieved_requests_per_s"] if capacity_row else None
+        capacity_row = next((r for r in sweep.steps if r.offered == sweep.capacity), None)
+        marker = capacity_row.achieved_requests_per_s if capacity_row else None
         # the same conclusion as the text: "capacity >= X (no knee)" when no step broke
         sections.append(
             "<h2>Sweep</h2>"
@@ -279,60 +280,55 @@ def render_report(aggregate: Aggregate, data: dict[str, Any]) -> str:
                 ],
                 [
                     [
-                        r["step"],
-                        r["offered"],
-                        r["achieved_requests_per_s"],
-                        None if r.get("held") is None else f"{r['held']:.0%}",
-                        r["output_tokens_per_s"],
-                        r["ttft_ms"]["p50"],
-                        r["ttft_ms"]["p95"],
-                        r["ttft_ms"]["p99"],
-                        r["otps_p50"],
-                        r["error_rate"],
-                        r["rate_limited_rate"],
-                        None
-                        if r.get("late_start_share") is None
-                        else f"{r['late_start_share']:.0%}",
+                        r.step,
+                        r.offered,
+                        r.achieved_requests_per_s,
+                        None if r.held is None else f"{r.held:.0%}",
+                        r.output_tokens_per_s,
+                        r.ttft_ms.p50,
+                        r.ttft_ms.p95,
+                        r.ttft_ms.p99,
+                        r.otps_p50,
+                        r.error_rate,
+                        r.rate_limited_rate,
+                        None if r.late_start_share is None else f"{r.late_start_share:.0%}",
                         verdict(r),
                     ]
-                    for r in sweep["steps"]
+                    for r in sweep.steps
                 ],
             )
             + "".join(
-                f"<p>Step {r['step']}: the "
-                + ("load generator" if r["fell_behind"] == "generator" else "target")
-                + f" fell behind: {html.escape(r['behind_reason'] or '')}</p>"
-                for r in sweep["steps"]
-                if r.get("fell_behind")
+                f"<p>Step {r.step}: the "
+                + ("load generator" if r.fell_behind == "generator" else "target")
+                + f" fell behind: {html.escape(r.behind_reason or '')}</p>"
+                for r in sweep.steps
+                if r.fell_behind
             )
             + f"<p><b>{html.escape(capacity_line(sweep))}</b></p>"
         )
-    slos = data.get("slos")
-    if slos:
+    slos = summary.slos
+    if slos is not None:
         sections.append(
             "<h2>SLOs</h2>"
             + _table(
                 ["SLO", "scope", "measured", "result"],
-                [
-                    [r["slo"], r["scope"], r["value"], "pass" if r["passed"] else "FAIL"]
-                    for r in slos["results"]
-                ],
+                [[r.slo, r.scope, r.value, "pass" if r.passed else "FAIL"] for r in slos.results],
             )
-            + f"<p>Goodput: {slos['goodput_per_s']} requests/s met every SLO.</p>"
+            + f"<p>Goodput: {slos.goodput_per_s} requests/s met every SLO.</p>"
         )
     style = (
         "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;"
         "margin:8px 0 24px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "th{background:#f4f4f4}svg{margin:8px 16px 8px 0;background:#fff}"
     )
-    title = f"loadkit report: run {html.escape(data['run_id'])}"
+    title = f"loadkit report: run {html.escape(summary.run_id)}"
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{style}</style></head><body><h1>{title}</h1>"
-        f"<p>{data['duration_s']:.1f} s, {data['total']['requests']} requests, estimated cost "
-        f"${data['total']['cost_usd']:.4f}.</p>" + "".join(sections) + "</body></html>\n"
+        f"<p>{summary.duration_s:.1f} s, {summary.total.requests} requests, estimated cost "
+        f"${summary.total.cost_usd:.4f}.</p>" + "".join(sections) + "</body></html>\n"
     )
 
 
-def write_report(aggregate: Aggregate, data: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(render_report(aggregate, data), encoding="utf-8")
+def write_report(aggregate: Aggregate, summary: RunSummary, path: str | Path) -> None:
+    Path(path).write_text(render_report(aggregate, summary), encoding="utf-8")

@@ -2,20 +2,21 @@
 
 ``RunSummary`` is what every reader of a finished run reads: ``loadkit compare``, CI gates,
 the web UI's ``summary.json``. Its JSON Schema is published as ``docs/results-schema.json``.
-Version 1 types the run's metadata and the per-model x speed figures in full; the sections
-written by a scenario (fallback validation, sweep, open loop, SLOs, cost guard, accounting,
-InfluxDB) are objects whose fields are described in the README.
+Version 1 types every section: the run's metadata, the per-model x speed figures, and the
+sections a scenario adds (fallback policy and validation, sweep, open loop, SLOs, cost guard,
+accounting, InfluxDB, time windows). Readers take the typed object, never a dict.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 
 class _Strict(BaseModel):
@@ -124,6 +125,165 @@ class RunMeta(_Strict):
     git_commit: str | None  # loadkit's checkout, when it is one
 
 
+class PolicySection(_Strict):
+    """The fallback policy the run used and the retry amplification it caused."""
+
+    policy: str
+    max_retries: int
+    max_wait_s: float
+    reissues: int
+    amplification: float | None  # attempts per request; None before any request ended
+    amplification_bound: float  # the most attempts per request the policy allows
+
+
+class OpenLoopSection(_Strict):
+    """Open-loop arrivals: starts scheduled, late (by more than the late threshold), waits
+    for the in-flight cap, starts due but not made when the run ended."""
+
+    scheduled: int = 0
+    late: int = 0
+    cap_waits: int = 0
+    not_started: int = 0
+    start_lateness_ms_p50: float | None = None
+    start_lateness_ms_p99: float | None = None
+
+
+class StepVerdict(_Strict):
+    slo: str
+    metric: str
+    op: str
+    threshold: float
+    value: float | None
+    passed: bool
+
+
+class StepLatency(_Strict):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class SweepStep(_Strict):
+    """One sweep step. The load fields (``held`` to ``behind_reason``) judge rate sweeps only."""
+
+    step: int
+    offered: float
+    requests: int
+    achieved_requests_per_s: float
+    output_tokens_per_s: float
+    ttft_ms: StepLatency
+    schedule_ttft_ms_p95: float | None
+    queue_ms_p99: float | None
+    e2e_ms_mean: float | None
+    otps_p50: float | None
+    error_rate: float | None
+    rate_limited_rate: float | None
+    slos: list[StepVerdict]
+    met_slos: bool
+    met: bool
+    holds_load: bool | None
+    held: float | None
+    fell_behind: Literal["target", "generator"] | None
+    behind_reason: str | None
+    due_requests: float | None = None
+    started_per_s: float | None = None
+    cut: int | None = None
+    cut_excused: int | None = None
+    late_start_share: float | None = None
+
+
+class SweepPlanFigures(_Strict):
+    start: float
+    step: float
+    step_duration_s: float
+    stop: float
+
+
+class Knee(_Strict):
+    step: int
+    offered: float
+    reason: str
+
+
+class SweepSection(_Strict):
+    kind: Literal["rate", "users"]
+    plan: SweepPlanFigures
+    steps: list[SweepStep]
+    capacity: float | None  # the highest step that met every SLO (and held its load)
+    knee_found: bool
+    knee: Knee | None
+    capacity_lower_bound: float | None  # no knee: the capacity is at least this
+    capacity_by_group: dict[str, float | None]
+    knee_found_by_group: dict[str, bool]
+    hold_fraction: float | None
+
+
+class SloResult(_Strict):
+    slo: str
+    scope: str
+    value: float | None
+    passed: bool
+
+
+class SloSection(_Strict):
+    passed: bool
+    results: list[SloResult]
+    goodput_per_s: float  # requests/s that met every SLO
+    good_requests: int
+
+
+class CostGuardSection(_Strict):
+    cap_usd: float
+    spent_usd: float
+    stopped: bool
+
+
+class TimeWindow(_Strict):
+    """One time window, by intended start."""
+
+    t_s: int
+    requests: int
+    ok: int
+    output_tokens: int
+    ttft_ms_p50: float | None
+    schedule_ttft_ms_p50: float | None
+    schedule_ttft_ms_p99: float | None
+
+
+class AccountingSection(_Strict):
+    """The harness's attempts against the emulator's counters; ``available`` False (with
+    ``reason``) when the emulator could not be asked."""
+
+    available: bool = True
+    reason: str | None = None
+    emulator_received: int | None = None
+    harness_sent: int | None = None
+    mismatches: list[str]
+    cancelled_or_timed_out: int | None = None
+    cancelled_closed_by_client: int | None = None
+    cancelled_answered_as: dict[str, int] | None = None
+
+
+class ValidationCheck(_Strict):
+    check: str
+    passed: bool
+    measured: str
+
+
+class ValidationSection(_Strict):
+    breaches: int
+    fast_429_attempts: int  # fast attempts answered 429 for fast mode's limit
+    checks: list[ValidationCheck]
+
+
+class InfluxSection(_Strict):
+    written: int
+    dropped: int
+    failed_writes: int
+    rejected: int
+    rejection: str
+
+
 class WorkerFate(_Strict):
     """One worker of a distributed run as the master saw it (``locust_plugin/workers.py``)."""
 
@@ -169,15 +329,15 @@ class RunSummary(BaseModel):
     meta: RunMeta
     groups: list[ModelGroup]
     total: GroupFigures
-    policy: dict[str, Any] | None = None
-    open_loop: dict[str, Any] | None = None
-    sweep: dict[str, Any] | None = None
-    slos: dict[str, Any] | None = None
-    cost_guard: dict[str, Any] | None = None
-    over_time: list[dict[str, Any]] | None = None
-    accounting: dict[str, Any] | None = None
-    validation: dict[str, Any] | None = None
-    influxdb: dict[str, Any] | None = None
+    policy: PolicySection | None = None
+    open_loop: OpenLoopSection | None = None
+    sweep: SweepSection | None = None
+    slos: SloSection | None = None
+    cost_guard: CostGuardSection | None = None
+    over_time: list[TimeWindow] | None = None
+    accounting: AccountingSection | None = None
+    validation: ValidationSection | None = None
+    influxdb: InfluxSection | None = None
     workers: WorkersSection | None = None
     breaches: list[str] | None = None
     interrupted_by: str | None = None
@@ -189,9 +349,20 @@ class ResultsError(ValueError):
     """A results file that cannot be read; the message names the file and the problem."""
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (inf, nan) replaced by None: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
 def summary_json(summary: RunSummary) -> str:
     """The document as written: the fields a run set, sorted, strict JSON."""
-    data = summary.model_dump(mode="json", exclude_unset=True)
+    data = finite(summary.model_dump(mode="json", exclude_unset=True))
     return json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 

@@ -18,11 +18,11 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from loadkit.aggregate import Aggregate, Group
 from loadkit.record import Outcome, ResultRecord
+from loadkit.results import SloResult, SloSection
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -211,13 +211,13 @@ def junit_xml(verdicts: list[Verdict], run_id: str, duration_s: float) -> str:
     )
 
 
-def slo_summary(verdicts: list[Verdict], good: int, elapsed_s: float) -> dict[str, Any]:
-    return {
-        "passed": all(v.passed for v in verdicts),
-        "results": [
-            {"slo": v.slo.text, "scope": v.slo.scope, "value": v.value, "passed": v.passed}
+def slo_summary(verdicts: list[Verdict], good: int, elapsed_s: float) -> SloSection:
+    return SloSection(
+        passed=all(v.passed for v in verdicts),
+        results=[
+            SloResult(slo=v.slo.text, scope=v.slo.scope, value=v.value, passed=v.passed)
             for v in verdicts
         ],
-        "goodput_per_s": round(good / elapsed_s, 3),
-        "good_requests": good,
-    }
+        goodput_per_s=round(good / elapsed_s, 3),
+        good_requests=good,
+    )

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import Any, Literal
 
 from loadkit.aggregate import SERVED, Aggregate, Group
 from loadkit.fallback import FallbackSettings
 from loadkit.fallback_checks import amplification_bound
-from loadkit.results import SCHEMA_VERSION, RunMeta, RunSummary, summary_json
+from loadkit.results import (
+    SCHEMA_VERSION,
+    GroupFigures,
+    ModelGroup,
+    PolicySection,
+    RunMeta,
+    RunSummary,
+    ServedFigures,
+    finite,
+    summary_json,
+)
 
 
 def _q(group: Group, sketch: str, q: float) -> float | None:
@@ -113,36 +121,43 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
     }
 
 
-def summary_data(
-    aggregate: Aggregate,
-    run_id: str,
-    meta: RunMeta | None,
-    fallback: FallbackSettings | None = None,
-) -> dict[str, Any]:
-    """The run's results as the schema's fields (``results.RunSummary``); the Locust layer
-    adds its scenario's sections, then ``write_summary`` checks and writes them."""
+def figures(aggregate: Aggregate) -> tuple[list[ModelGroup], GroupFigures]:
+    """Every model x speed's figures, and all of them together, as the schema types them."""
     elapsed = aggregate.elapsed_s
     groups = [
-        {"model": model, "speed": speed, **group_figures(group, elapsed)}
+        ModelGroup.model_validate(
+            finite({"model": model, "speed": speed, **group_figures(group, elapsed)})
+        )
         for (model, speed), group in sorted(aggregate.groups.items())
     ]
-    data: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "duration_s": round(elapsed, 3),
-        "groups": groups,
-        "total": group_figures(aggregate.total(), elapsed),
-    }
-    if meta is not None:
-        data["meta"] = meta.model_dump(mode="json")
-    if fallback is not None:
-        total = data["total"]
-        data["policy"] = {
-            **fallback.model_dump(),
-            "amplification": total["fallback"]["attempts_per_request"],
-            "amplification_bound": amplification_bound(fallback),
-        }
-    return data
+    return groups, GroupFigures.model_validate(finite(group_figures(aggregate.total(), elapsed)))
+
+
+def build_summary(
+    aggregate: Aggregate,
+    run_id: str,
+    meta: RunMeta,
+    fallback: FallbackSettings | None = None,
+) -> RunSummary:
+    """The run's results, built once from its aggregate; the Locust layer adds its
+    scenario's sections (``RunSummary.model_copy(update=...)``) and every output reads it."""
+    groups, total = figures(aggregate)
+    summary = RunSummary(
+        schema_version=SCHEMA_VERSION,
+        run_id=run_id,
+        duration_s=round(aggregate.elapsed_s, 3),
+        meta=meta,
+        groups=groups,
+        total=total,
+    )
+    if fallback is None:
+        return summary
+    policy = PolicySection(
+        **fallback.model_dump(),
+        amplification=total.fallback.attempts_per_request,
+        amplification_bound=amplification_bound(fallback),
+    )
+    return summary.model_copy(update={"policy": policy})
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:
@@ -179,33 +194,37 @@ def served_label(speed: str, how: str) -> str:
     return "fell back" if not speed else f"fell back ({'standard' if speed == 'fast' else 'fast'})"
 
 
-def table_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+def _labelled(groups: Sequence[ModelGroup], total: GroupFigures) -> list[ModelGroup]:
+    return [*groups, ModelGroup(model="all", speed="", **dict(total))]
+
+
+def table_rows(groups: Sequence[ModelGroup], total: GroupFigures) -> list[dict[str, Any]]:
     """The rows every view shows: per model x speed, then all; a row with requests that fell
     back is split into one row per way of serving (its counts on the first)."""
     rows: list[dict[str, Any]] = []
-    for group in [*data["groups"], {"model": "all", "speed": "", **data["total"]}]:
-        split = group["served"]["fell_back"]["requests"] > 0
-        for how in SERVED if split else ("as_asked",):
-            timing = group["served"][how] if split else group
+    for group in _labelled(groups, total):
+        split = group.served["fell_back"].requests > 0
+        hows: tuple[Literal["as_asked", "fell_back"], ...] = SERVED if split else ("as_asked",)
+        for how in hows:
+            timing: ServedFigures | GroupFigures = group.served[how] if split else group
+            first = how == "as_asked"
             rows.append(
                 {
-                    "model": group["model"],
-                    "speed": group["speed"],
-                    "served": served_label(group["speed"], how) if split else "",
-                    "requests": timing["requests"],
-                    "failures": group["failures"] if how == "as_asked" else None,
-                    "cancelled": group["cancelled"] if how == "as_asked" else None,
-                    "responses_429": group["responses_429"] if how == "as_asked" else None,
-                    "rate_limited": group["rate_limited"] if how == "as_asked" else None,
-                    "ttft_ms": timing["ttft_ms"],
-                    "otps": timing["otps"],
-                    "e2e_ms": timing["e2e_ms"],
-                    "output_tokens_per_s": group["output_tokens_per_s"]
-                    if how == "as_asked"
-                    else None,
-                    "cache_hit_ratio": group["cache_hit_ratio"] if how == "as_asked" else None,
-                    "cost_usd": group["cost_usd"] if how == "as_asked" else None,
-                    "failures_by_type": group["failures_by_type"] if how == "as_asked" else {},
+                    "model": group.model,
+                    "speed": group.speed,
+                    "served": served_label(group.speed, how) if split else "",
+                    "requests": timing.requests,
+                    "failures": group.failures if first else None,
+                    "cancelled": group.cancelled if first else None,
+                    "responses_429": group.responses_429 if first else None,
+                    "rate_limited": group.rate_limited if first else None,
+                    "ttft_ms": timing.ttft_ms.model_dump(),
+                    "otps": timing.otps.model_dump(),
+                    "e2e_ms": timing.e2e_ms.model_dump(),
+                    "output_tokens_per_s": group.output_tokens_per_s if first else None,
+                    "cache_hit_ratio": group.cache_hit_ratio if first else None,
+                    "cost_usd": group.cost_usd if first else None,
+                    "failures_by_type": group.failures_by_type if first else {},
                 }
             )
     return rows
@@ -249,72 +268,72 @@ def _line(cells: list[str]) -> str:
     ).rstrip()
 
 
-def format_table(data: dict[str, Any]) -> str:
-    total = data["total"]
+def format_table(summary: RunSummary) -> str:
+    total = summary.total
     lines = [
-        f"loadkit summary - run {data['run_id']}, {data['duration_s']:.1f} s: "
-        f"{total['requests']} requests ended ({total['ok']} ok, {total['failures']} failed), "
-        f"{total['cancelled']} cancelled by the end of the run",
+        f"loadkit summary - run {summary.run_id}, {summary.duration_s:.1f} s: "
+        f"{total.requests} requests ended ({total.ok} ok, {total.failures} failed), "
+        f"{total.cancelled} cancelled by the end of the run",
         "(reqs: requests that ended; cancel: cut by the run's end, not failures; 429 resp: "
         "answers with status 429, retried or not; 429 end: requests that ended rate-limited; "
         "TTFT and E2E in ms, OTPS in output tokens/s per request)",
         _line([name for name, _ in COLUMNS]),
     ]
-    lines.extend(_line(_cells(row)) for row in table_rows(data))
-    failures = total["failures_by_type"]
+    lines.extend(_line(_cells(row)) for row in table_rows(summary.groups, total))
+    failures = total.failures_by_type
     if failures:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in sorted(failures.items())))
-    causes = total.get("responses_429_by_cause")
+    causes = total.responses_429_by_cause
     if causes:
         lines.append(
             "429 answers by limit (attempt speed/limit): "
             + ", ".join(f"{k} x{v}" for k, v in causes.items())
         )
-    if "policy" in data and data["policy"]["policy"] != "none":
-        lines.extend(format_fallback(data))
+    if summary.policy is not None and summary.policy.policy != "none":
+        lines.extend(format_fallback(summary, summary.policy))
     return "\n".join(lines)
 
 
-def format_fallback(data: dict[str, Any]) -> list[str]:
-    policy = data["policy"]
+def format_fallback(summary: RunSummary, policy: PolicySection) -> list[str]:
     lines = [
-        f"fallback policy {policy['policy']}: {policy['amplification']} attempts per request "
-        f"(bound {policy['amplification_bound']})",
+        f"fallback policy {policy.policy}: {policy.amplification} attempts per request "
+        f"(bound {policy.amplification_bound})",
         "model             speed     success  fell back   waits s  cache lost",
     ]
-    for group in [*data["groups"], {"model": "all", "speed": "", **data["total"]}]:
-        fb = group["fallback"]
+    for group in _labelled(summary.groups, summary.total):
+        fb = group.fallback
         lines.append(
-            f"{group['model']:<18}{group['speed']:<8}"
-            f"{(fb['success_rate'] or 0):>9.1%}{(fb['fallback_rate'] or 0):>11.1%}"
-            f"{fb['wait_s']:>10.1f}{fb['cache_tokens_lost']:>12,}"
+            f"{group.model:<18}{group.speed:<8}"
+            f"{(fb.success_rate or 0):>9.1%}{(fb.fallback_rate or 0):>11.1%}"
+            f"{fb.wait_s:>10.1f}{fb.cache_tokens_lost:>12,}"
         )
-    violations = data["total"]["fallback"]["violations"]
+    violations = summary.total.fallback.violations
     if violations:
         lines.append("policy violations: " + ", ".join(f"{k} x{v}" for k, v in violations.items()))
     return lines
 
 
-def finite(value: Any) -> Any:
-    """``value`` with every non-finite float (inf, nan) replaced by None: strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(item) for item in value]
-    return value
+def write_summary(summary: RunSummary, path: str | Path) -> None:
+    Path(path).write_text(summary_json(summary), encoding="utf-8")
 
 
-def write_summary(data: dict[str, Any], path: str | Path) -> str:
-    """Write the run's results as a ``RunSummary``; returns the problem if they did not fit
-    the schema (a defect: they are then written as they are, so that nothing is lost)."""
-    clean = finite(data)
-    try:
-        text = summary_json(RunSummary.model_validate(clean))
-        problem = ""
-    except ValidationError as err:
-        text = json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n"
-        problem = f"the results do not fit schema version {SCHEMA_VERSION}: {err}"
+def unfitting_figures(aggregate: Aggregate, run_id: str) -> dict[str, Any]:
+    """The figures as computed, unchecked: what ``write_unfitting`` writes."""
+    elapsed = aggregate.elapsed_s
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "duration_s": round(elapsed, 3),
+        "groups": [
+            {"model": model, "speed": speed, **group_figures(group, elapsed)}
+            for (model, speed), group in sorted(aggregate.groups.items())
+        ],
+        "total": group_figures(aggregate.total(), elapsed),
+    }
+
+
+def write_unfitting(data: dict[str, Any], path: str | Path) -> None:
+    """Results that could not be built as the schema types them (a defect) are still
+    written, as they are, in strict JSON: nothing is lost."""
+    text = json.dumps(finite(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
     Path(path).write_text(text, encoding="utf-8")
-    return problem

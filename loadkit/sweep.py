@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from loadkit.aggregate import Aggregate, Group, combine
+from loadkit.results import SweepSection, SweepStep
 from loadkit.sketch import Sketch
 from loadkit.slo import SLO, metric_value
 
@@ -329,9 +330,7 @@ def _capacity(rows: list[dict[str, Any]]) -> tuple[float | None, dict[str, Any] 
     return capacity, _knee(rows, capacity)
 
 
-def analyse(
-    plan: SweepPlan, aggregate: Aggregate, slos: list[SLO], completed: int
-) -> dict[str, Any]:
+def analyse(plan: SweepPlan, aggregate: Aggregate, slos: list[SLO], completed: int) -> SweepSection:
     """The table of the ``completed`` first steps, the capacity overall and per group, and
     whether a knee was found (else the capacity is only a lower bound)."""
     steps = aggregate.slices("step")
@@ -365,7 +364,7 @@ def analyse(
         best, group_knee = _capacity(group_rows)
         per_group[f"{model} {speed}"] = best
         knee_by_group[f"{model} {speed}"] = group_knee is not None
-    return {
+    return SweepSection.model_validate({
         "kind": plan.kind,
         "plan": {"start": plan.start, "step": plan.step, "step_duration_s": plan.step_duration_s,
                  "stop": plan.stop},
@@ -379,7 +378,7 @@ def analyse(
         "capacity_by_group": per_group,
         "knee_found_by_group": knee_by_group,
         "hold_fraction": HOLD_FRACTION if plan.kind == "rate" else None,
-    }  # fmt: skip
+    })  # fmt: skip
 
 
 def clearly_broken(row: dict[str, Any]) -> bool:
@@ -398,58 +397,58 @@ def clearly_broken(row: dict[str, Any]) -> bool:
     return False
 
 
-def unit(result: dict[str, Any]) -> str:
-    return "users" if result["kind"] == "users" else "req/s offered"
+def unit(result: SweepSection) -> str:
+    return "users" if result.kind == "users" else "req/s offered"
 
 
-def verdict(row: dict[str, Any]) -> str:
+def verdict(row: SweepStep) -> str:
     """'met', 'BROKEN' (an SLO), 'NOT HELD (target|generator)', or both."""
     parts = []
-    if not row["met_slos"]:
+    if not row.met_slos:
         parts.append("BROKEN")
-    if row.get("holds_load") is False:
-        parts.append(f"NOT HELD ({row.get('fell_behind') or 'unknown'})")
+    if row.holds_load is False:
+        parts.append(f"NOT HELD ({row.fell_behind or 'unknown'})")
     return ", ".join(parts) or "met"
 
 
-def capacity_label(result: dict[str, Any]) -> str:
+def capacity_label(result: SweepSection) -> str:
     """A short label for a chart: 'capacity X' with a knee, 'capacity >= X (no knee)'."""
-    capacity = result["capacity"]
+    capacity = result.capacity
     if capacity is None:
         return "no capacity"
-    if result.get("knee_found", True):
+    if result.knee_found:
         return f"capacity {capacity:g}"
     return f"capacity >= {capacity:g} (no knee)"
 
 
-def capacity_line(result: dict[str, Any]) -> str:
+def capacity_line(result: SweepSection) -> str:
     """The sweep's conclusion in one line (the text and the HTML report say the same)."""
-    capacity, knee, what = result["capacity"], result.get("knee"), unit(result)
-    held = " and held its load" if result["kind"] == "rate" else ""
+    capacity, knee, what = result.capacity, result.knee, unit(result)
+    held = " and held its load" if result.kind == "rate" else ""
     if knee is not None:
-        at = f"knee at {knee['offered']:g} {what}: {knee['reason']}"
+        at = f"knee at {knee.offered:g} {what}: {knee.reason}"
         if capacity is None:
             return f"capacity: none: no step met every SLO{held} ({at})"
         return f"capacity: {capacity:g} {what} ({at})"
     behind = [
-        r for r in result["steps"]
-        if r.get("fell_behind") == "generator" and (capacity is None or r["offered"] > capacity)
+        r for r in result.steps
+        if r.fell_behind == "generator" and (capacity is None or r.offered > capacity)
     ]  # fmt: skip
     why = (
-        f"the load generator fell behind at {behind[0]['offered']:g} {what}, so the target "
+        f"the load generator fell behind at {behind[0].offered:g} {what}, so the target "
         "was not measured above it"
         if behind
         else f"every step met the SLOs{held}: raise --sweep-stop to find the knee"
     )
     if capacity is None:
-        if not result["steps"]:
+        if not result.steps:
             return "capacity: no step completed"
         return f"no knee found: no step met every SLO{held} ({why})"
     return f"no knee found: capacity >= {capacity:g} {what} ({why})"
 
 
-def format_sweep(result: dict[str, Any]) -> str:
-    rate = result["kind"] == "rate"
+def format_sweep(result: SweepSection) -> str:
+    rate = result.kind == "rate"
     lines = [
         f"sweep ({unit(result)}): step, offered, achieved req/s, held, out tok/s, "
         "TTFT p50/p95/p99 ms, OTPS p50, errors, 429s, late starts, verdict"
@@ -462,20 +461,19 @@ def format_sweep(result: dict[str, Any]) -> str:
         return "-" if v is None else f"{v:.0%}"
 
     notes = []
-    for row in result["steps"]:
-        ttft = row["ttft_ms"]
+    for row in result.steps:
+        ttft = row.ttft_ms
         lines.append(
-            f"  {row['step']:>3} {row['offered']:>9g} {row['achieved_requests_per_s']:>9.2f} "
-            f"{pct(row.get('held')):>5} {row['output_tokens_per_s']:>10.1f} "
-            f"{fmt(ttft['p50']):>7}/{fmt(ttft['p95'])}/{fmt(ttft['p99'])} "
-            f"{fmt(row['otps_p50'], 1):>8} {(row['error_rate'] or 0):>7.1%} "
-            f"{(row['rate_limited_rate'] or 0):>6.1%} {pct(row.get('late_start_share')):>5}  "
+            f"  {row.step:>3} {row.offered:>9g} {row.achieved_requests_per_s:>9.2f} "
+            f"{pct(row.held):>5} {row.output_tokens_per_s:>10.1f} "
+            f"{fmt(ttft.p50):>7}/{fmt(ttft.p95)}/{fmt(ttft.p99)} "
+            f"{fmt(row.otps_p50, 1):>8} {(row.error_rate or 0):>7.1%} "
+            f"{(row.rate_limited_rate or 0):>6.1%} {pct(row.late_start_share):>5}  "
             f"{verdict(row)}"
         )
-        behind = row.get("fell_behind")
-        if behind:
-            who = "load generator" if behind == "generator" else behind
-            notes.append(f"  step {row['step']}: the {who} fell behind: {row['behind_reason']}")
+        if row.fell_behind:
+            who = "load generator" if row.fell_behind == "generator" else row.fell_behind
+            notes.append(f"  step {row.step}: the {who} fell behind: {row.behind_reason}")
     lines.extend(notes)
     if rate:
         lines.append(
@@ -492,8 +490,8 @@ def format_sweep(result: dict[str, Any]) -> str:
             f"it (the {HOLD_FRACTION:.0%} rule applies to rate sweeps); the SLOs decide"
         )
     lines.append(capacity_line(result))
-    knees = result.get("knee_found_by_group", {})
-    for name, value in result["capacity_by_group"].items():
+    knees = result.knee_found_by_group
+    for name, value in result.capacity_by_group.items():
         shown = "-" if value is None else f"{value:g}"
         if value is not None and not knees.get(name, True):
             shown = f">= {shown} (no knee)"

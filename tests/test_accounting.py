@@ -93,11 +93,11 @@ def test_the_verdict_says_what_became_of_the_cancelled_attempts(
     counters.base_url, counters.baseline = "http://emulator.invalid", stats()
     counters._stats = lambda: end  # type: ignore[method-assign]
     section = accounting.reconcile_run(ours, counters)
-    assert section["mismatches"] == []
-    assert section["emulator_received"] == section["harness_sent"] == 196
-    assert section["cancelled_or_timed_out"] == 28
-    assert section["cancelled_closed_by_client"] == 26
-    assert section["cancelled_answered_as"] == {"completed": 1, "rate_limited": 1}
+    assert section.mismatches == []
+    assert section.emulator_received == section.harness_sent == 196
+    assert section.cancelled_or_timed_out == 28
+    assert section.cancelled_closed_by_client == 26
+    assert section.cancelled_answered_as == {"completed": 1, "rate_limited": 1}
     out, err = capsys.readouterr()
     assert out == ""  # stdout belongs to Locust
     assert err.startswith("accounting: all 196 attempts match the emulator's counters")

@@ -176,14 +176,15 @@ def test_a_summary_that_does_not_fit_the_schema_is_refused() -> None:
 
 
 def test_results_that_do_not_fit_the_schema_are_still_written(tmp_path: Path) -> None:
-    """A defect in a section must not lose the run's results: they are written as they are,
-    and the problem is returned for the log."""
+    """A defect in the figures must not lose the run's results: they are written as they
+    are, in strict JSON."""
     from loadkit.aggregate import Aggregate
-    from loadkit.summary import summary_data, write_summary
+    from loadkit.summary import unfitting_figures, write_unfitting
 
-    data = summary_data(Aggregate(), "run-1", None)  # no meta: does not fit version 1
+    data = unfitting_figures(Aggregate(), "run-1")
     data["total"]["infinite"] = float("inf")
-    problem = write_summary(data, tmp_path / "s.json")
-    assert "do not fit schema version 1" in problem and "meta" in problem
+    with pytest.raises(ValueError, match="infinite"):
+        RunSummary.model_validate(data)
+    write_unfitting(data, tmp_path / "s.json")
     written = json.loads((tmp_path / "s.json").read_text())  # strict JSON all the same
     assert written["run_id"] == "run-1" and written["total"]["infinite"] is None

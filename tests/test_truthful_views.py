@@ -14,9 +14,10 @@ import pytest
 
 from loadkit.aggregate import Aggregate
 from loadkit.record import Attempt, Outcome, ResultRecord
-from loadkit.summary import format_table, summary_data, table_rows
+from loadkit.summary import build_summary, figures, format_table, table_rows
 
 from .runs import run_locust
+from .test_sweep import META
 
 ROOT = Path(__file__).resolve().parent.parent
 MS = 1_000_000
@@ -56,22 +57,22 @@ def test_fallbacks_do_not_dilute_the_row_and_429s_are_counted_per_answer() -> No
     limited.attempts = [Attempt("fast", limited.t_send, status=429, sent=True) for _ in range(3)]
     aggregate.add(limited)  # three 429 answers (the SDK's retries), one request ended limited
     aggregate.ended_at = aggregate.started_at + 10
-    data = summary_data(aggregate, "run", None)
-    (group,) = data["groups"]
-    assert group["responses_429"] == 5 + 3 and group["rate_limited"] == 1
-    assert group["requests"] == 16 and group["failures"] == 1
-    served = group["served"]
-    assert served["as_asked"]["requests"] == 11 and served["fell_back"]["requests"] == 5
-    assert served["as_asked"]["otps"]["p50"] == pytest.approx(250, rel=0.02)
-    assert served["fell_back"]["otps"]["p50"] == pytest.approx(100, rel=0.02)
-    assert served["as_asked"]["ttft_ms"]["p50"] == pytest.approx(200, rel=0.02)
-    assert served["fell_back"]["ttft_ms"]["p50"] == pytest.approx(700, rel=0.02)
+    groups, total = figures(aggregate)
+    (group,) = groups
+    assert group.responses_429 == 5 + 3 and group.rate_limited == 1
+    assert group.requests == 16 and group.failures == 1
+    served = group.served
+    assert served["as_asked"].requests == 11 and served["fell_back"].requests == 5
+    assert served["as_asked"].otps.p50 == pytest.approx(250, rel=0.02)
+    assert served["fell_back"].otps.p50 == pytest.approx(100, rel=0.02)
+    assert served["as_asked"].ttft_ms.p50 == pytest.approx(200, rel=0.02)
+    assert served["fell_back"].ttft_ms.p50 == pytest.approx(700, rel=0.02)
     # The printed table (and the LLM tab, which shows the same rows) splits the row.
-    rows = [r for r in table_rows(data) if r["model"] == "claude-opus-4-6"]
+    rows = [r for r in table_rows(groups, total) if r["model"] == "claude-opus-4-6"]
     assert [r["served"] for r in rows] == ["as asked", "fell back (standard)"]
-    assert rows[0]["otps"]["p50"] == served["as_asked"]["otps"]["p50"]
+    assert rows[0]["otps"]["p50"] == served["as_asked"].otps.p50
     assert rows[0]["responses_429"] == 8 and rows[0]["rate_limited"] == 1
-    table = format_table(data)
+    table = format_table(build_summary(aggregate, "run", META))
     assert "429 resp" in table and "429 end" in table and "fell back (standard)" in table
 
 

@@ -21,6 +21,7 @@ import gevent
 from locust import events
 from locust import stats as locust_stats
 from locust.runners import STATE_INIT, STATE_STOPPED, STATE_STOPPING, MasterRunner, WorkerRunner
+from pydantic import ValidationError
 
 from loadkit.accounting import EmulatorCounters, Reconciliation, reconcile_lost
 from loadkit.emulator.config import ConfigError, load_config
@@ -45,8 +46,14 @@ from loadkit.locust_plugin.run import (
 from loadkit.locust_plugin.targets import TargetPolicy
 from loadkit.locust_plugin.workers import IN_FLIGHT_KEY, describe
 from loadkit.redact import redact_url
-from loadkit.results import WorkersSection
-from loadkit.summary import format_table, summary_data, write_summary
+from loadkit.results import SCHEMA_VERSION, AccountingSection, RunSummary, WorkersSection
+from loadkit.summary import (
+    build_summary,
+    format_table,
+    unfitting_figures,
+    write_summary,
+    write_unfitting,
+)
 from loadkit.workload import WorkloadError
 
 log = logging.getLogger("loadkit")
@@ -298,36 +305,36 @@ def _collect_final_reports(run: Run) -> None:
         )
 
 
-def _accounting(run: Run, data: dict[str, Any], lost_workers: int) -> Reconciliation | None:
+def _accounting(
+    run: Run, lost_workers: int
+) -> tuple[AccountingSection | None, Reconciliation | None]:
     counters = run.emulator_counters
     if counters is None:
-        return None
+        return None, None
     try:
-        data["accounting"], reconciliation = reconcile_lost(run.aggregate, counters, lost_workers)
+        return reconcile_lost(run.aggregate, counters, lost_workers)
     except Exception as err:  # the target died or stopped answering: say so, write the rest
         reason = f"{type(err).__name__}: {err}"
-        data["accounting"] = {"available": False, "reason": reason, "mismatches": []}
         say(f"accounting: unavailable: {reason}")
-        return None
-    return reconciliation
+        return AccountingSection(available=False, reason=reason, mismatches=[]), None
 
 
-def _end_checks(run: Run, data: dict[str, Any]) -> list[str]:
+def _end_checks(run: Run, summary: RunSummary) -> tuple[list[str], RunSummary]:
     breaches: list[str] = []
     for check in run.end_checks:
         try:
-            breaches.extend(check(run, data))
+            found, summary = check(run, summary)
+            breaches.extend(found)
         except Exception as err:
             log.exception("loadkit: an end check failed")
             breaches.append(f"the check {check.__name__} could not run: {type(err).__name__}")
-    data["breaches"] = breaches
     for line in breaches:
         say(f"BREACH: {line}")
-    return breaches
+    return breaches, summary.model_copy(update={"breaches": breaches})
 
 
 def _exit_code(
-    run: Run, data: dict[str, Any], breaches: list[str] | None, slo_breaches: list[str]
+    run: Run, summary: RunSummary, breaches: list[str] | None, slo_breaches: list[str]
 ) -> tuple[int | None, str]:
     """The run's exit code and its one-line reason (None: Locust's own decides).
 
@@ -336,84 +343,106 @@ def _exit_code(
     SLOs judged the run and passed. A run interrupted (SIGINT/SIGTERM) exits 130/143 unless
     a check or an SLO failed (3, 4): what it did not complete, it was not let complete.
     """
-    total = data["total"]
+    total = summary.total
     gate: tuple[int, str] | None = None
     if breaches:
         gate = EXIT_BREACH, f"{len(breaches)} end check(s) failed"
-    elif data.get("accounting", {}).get("mismatches"):
+    elif summary.accounting is not None and summary.accounting.mismatches:
         gate = EXIT_BREACH, "requests are unaccounted for (see accounting above)"
     elif slo_breaches:
         gate = gates.EXIT_SLO, f"{len(slo_breaches)} SLO(s) breached"
     if run.interrupted_by:
         return gate or (EXIT_SIGNAL[run.interrupted_by], f"interrupted by {run.interrupted_by}")
-    if run.aggregate.total().totals["requests"] and not total["ok"]:
-        kinds = ", ".join(f"{k} x{v}" for k, v in sorted(total["failures_by_type"].items()))
+    if run.aggregate.total().totals["requests"] and not total.ok:
+        kinds = ", ".join(f"{k} x{v}" for k, v in sorted(total.failures_by_type.items()))
         return EXIT_NOTHING_COMPLETED, (
-            f"no request completed: {total['failures']} failed"
+            f"no request completed: {total.failures} failed"
             + (f" ({kinds})" if kinds else "")
-            + f", {total['cancelled']} cancelled"
+            + f", {total.cancelled} cancelled"
         )
     if gate is not None:
         return gate
-    sink = data.get("influxdb")
+    sink = summary.influxdb
     optional = run.options.influxdb_optional
-    if sink is not None and not sink["written"] and not optional:
-        why = sink.get("rejection") or f"{sink['dropped']} points dropped"
+    if sink is not None and not sink.written and not optional:
+        why = sink.rejection or f"{sink.dropped} points dropped"
         return EXIT_SINK, f"the InfluxDB sink delivered nothing ({why}; see --influxdb-optional)"
-    if breaches is not None or "slos" in data:
+    if breaches is not None or summary.slos is not None:
         return 0, ""  # judged by its checks or SLOs: expected failures (429s) do not fail it
     return None, ""
+
+
+def _build_summary(run: Run) -> RunSummary | None:
+    """The run's summary, built once from its aggregate; None (with the figures written as
+    they are, and the problem logged) if they do not fit the schema: a defect, but nothing
+    is lost."""
+    try:
+        return build_summary(run.aggregate, run.run_id, current_meta(run), run.fallback_settings)
+    except ValidationError as err:
+        log.error("loadkit: the results do not fit schema version %d: %s", SCHEMA_VERSION, err)
+        if run.options.summary_json:
+            write_unfitting(unfitting_figures(run.aggregate, run.run_id), run.options.summary_json)
+        return None
 
 
 def _finish(run: Run) -> None:
     """Print the summary and write every output once per run, on the local runner or master.
 
-    Each output is written even when another could not be: a dead target makes accounting
-    unavailable, it does not lose the summary.
+    The summary is built once from the aggregate, then each step adds its section and every
+    output reads it. Each output is written even when another could not be: a dead target
+    makes accounting unavailable, it does not lose the summary.
     """
     environment = run.environment
     if run.finished or not run.role.decides or not run.run_id:
         return
     run.finished = True
     run.aggregate.ended_at = run.aggregate.ended_at or time.time()
-    data = summary_data(run.aggregate, run.run_id, current_meta(run), run.fallback_settings)
+    summary = _build_summary(run)
+    if summary is None:
+        return
+    sections: dict[str, Any] = {}
     if run.interrupted_by:
-        data["interrupted_by"] = run.interrupted_by
-    say("\n" + format_table(data))
+        sections["interrupted_by"] = run.interrupted_by
+    say("\n" + format_table(summary))
     lost = len(run.workers.lost()) if run.role.collects else 0
-    reconciliation = _accounting(run, data, lost)
+    accounting, reconciliation = _accounting(run, lost)
+    if accounting is not None:
+        sections["accounting"] = accounting
     if run.role.collects:
         workers = WorkersSection.model_validate(run.workers.section(reconciliation))
-        data["workers"] = workers.model_dump(mode="json")
-        for line in describe(data["workers"]):
+        sections["workers"] = workers
+        for line in describe(workers.model_dump()):
             say(line)
     sink = influx.summary(run)
     if sink is not None:
-        data["influxdb"] = sink
+        sections["influxdb"] = sink
         say(
-            f"influxdb: {sink['written']} points written, {sink['dropped']} dropped "
-            f"({sink['rejected']} refused by the server), {sink['failed_writes']} failed "
-            "writes retried" + (f"; last refusal: {sink['rejection']}" if sink["rejection"] else "")
+            f"influxdb: {sink.written} points written, {sink.dropped} dropped "
+            f"({sink.rejected} refused by the server), {sink.failed_writes} failed "
+            "writes retried" + (f"; last refusal: {sink.rejection}" if sink.rejection else "")
         )
-    breaches = _end_checks(run, data) if run.end_checks else None
+    summary = summary.model_copy(update=sections)
+    breaches: list[str] | None = None
+    if run.end_checks:
+        breaches, summary = _end_checks(run, summary)
     try:
-        slo_breaches = gates.finish(run, data)
+        summary, verdicts = gates.measure(run, summary)
+        slo_breaches = gates.publish(run, summary, verdicts)
     except Exception as err:
         log.exception("loadkit: the SLO verdicts, JUnit or report could not be written")
         slo_breaches = [f"the SLO verdicts could not be written: {type(err).__name__}"]
-    code, reason = _exit_code(run, data, breaches, slo_breaches)
+    code, reason = _exit_code(run, summary, breaches, slo_breaches)
     if code is not None and environment.process_exit_code in (None, 0):
         environment.process_exit_code = code
-        data["exit_code"] = code
+        update: dict[str, Any] = {"exit_code": code}
         if reason:
-            data["exit_reason"] = reason
+            update["exit_reason"] = reason
             say(f"loadkit: exit code {code}: {reason}")
+        summary = summary.model_copy(update=update)
     say("")
     path = run.options.summary_json
     if path:
-        problem = write_summary(data, path)
-        if problem:
-            log.error("loadkit: %s", problem)
+        write_summary(summary, path)
         say(f"loadkit: summary written to {path}")
 
 

@@ -16,6 +16,7 @@ from loadkit.locust_plugin.reporting import result_event
 from loadkit.locust_plugin.run import Run
 from loadkit.record import ResultRecord
 from loadkit.redact import redact_url
+from loadkit.results import InfluxSection
 from loadkit.sinks.influxdb import InfluxSink, LineFormatter, SinkSettings
 
 log = logging.getLogger("loadkit")
@@ -138,7 +139,7 @@ def _worker_report(run: Run, client_id: str, data: dict[str, Any]) -> None:
         run.sinks.totals[client_id] = stats
 
 
-def summary(run: Run) -> dict[str, Any] | None:
+def summary(run: Run) -> InfluxSection | None:
     """Points written and dropped over all processes, or None when the sink is off."""
     sinks = run.sinks
     if not sinks.totals and sinks.sink is None:
@@ -146,10 +147,17 @@ def summary(run: Run) -> dict[str, Any] | None:
     parts = list(sinks.totals.values())
     if sinks.sink is not None:
         parts.append(sinks.sink.stats.as_dict())
-    keys = ("written", "dropped", "failed_writes", "rejected")
-    totals: dict[str, Any] = {key: sum(part.get(key, 0) for part in parts) for key in keys}
-    totals["rejection"] = next((p["rejection"] for p in parts if p.get("rejection")), "")
-    return totals
+
+    def total(key: str) -> int:
+        return sum(int(part.get(key, 0)) for part in parts)
+
+    return InfluxSection(
+        written=total("written"),
+        dropped=total("dropped"),
+        failed_writes=total("failed_writes"),
+        rejected=total("rejected"),
+        rejection=next((str(p["rejection"]) for p in parts if p.get("rejection")), ""),
+    )
 
 
 def install(events: Any, run: Run) -> None:

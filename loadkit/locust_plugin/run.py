@@ -23,6 +23,7 @@ from loadkit.fallback import FallbackPolicy, FallbackSettings
 from loadkit.locust_plugin.targets import TargetPolicy
 from loadkit.locust_plugin.workers import InFlight, Workers
 from loadkit.prompts import PromptFactory
+from loadkit.results import RunSummary
 from loadkit.workload import Sampler, Workload, WorkloadError, load_workload, parse_workload
 
 if TYPE_CHECKING:
@@ -109,7 +110,9 @@ class Recovery:
     started_at: float = 0.0  # time.time() at the run's start
 
 
-EndCheck = Callable[["Run", dict[str, Any]], list[str]]
+# An end check judges a finished run: it returns its breaches and the summary with its own
+# section added.
+EndCheck = Callable[["Run", RunSummary], tuple[list[str], RunSummary]]
 
 
 class Role:

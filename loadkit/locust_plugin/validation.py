@@ -32,6 +32,7 @@ from locust import events
 from loadkit.accounting import emulator_counts
 from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.run import Recovery, Run, run_of
+from loadkit.results import RunSummary, ValidationCheck, ValidationSection
 
 log = logging.getLogger("loadkit")
 RECOVERED_LIMIT_PER_MINUTE = 1e12
@@ -114,27 +115,28 @@ def _fast_limit_429s(stats: dict[str, Any]) -> int:
     )
 
 
-def check(run: Run, data: dict[str, Any]) -> list[str]:
-    """Run the end checks; print one PASS/FAIL line per check with its measured value."""
+def check(run: Run, summary: RunSummary) -> tuple[list[str], RunSummary]:
+    """Run the end checks; print one PASS/FAIL line per check with its measured value.
+    Returns the breaches and the summary with its ``validation`` section."""
     results: list[tuple[str, bool, str]] = []  # (check, passed, what was measured)
-    total = data["total"]
-    accounting = data.get("accounting")
+    total = summary.total
+    accounting = summary.accounting
     if accounting is None:
         say("note: the target is not a loadkit emulator: accounting not checked")
-    elif accounting.get("available") is False:
-        results.append(("accounting", False, f"unavailable: {accounting['reason']}"))
+    elif not accounting.available:
+        results.append(("accounting", False, f"unavailable: {accounting.reason}"))
     else:
-        mismatches = accounting["mismatches"]
+        mismatches = accounting.mismatches
         results.append(
             (
                 "accounting",
                 not mismatches,
-                f"{accounting['harness_sent']} attempts sent, {accounting['emulator_received']} "
+                f"{accounting.harness_sent} attempts sent, {accounting.emulator_received} "
                 f"received by the emulator"
                 + (": " + "; ".join(mismatches) if mismatches else ", every outcome matches"),
             )
         )
-    causes = total["responses_429_by_cause"]
+    causes = total.responses_429_by_cause
     fast_429s = sum(causes.get(cause, 0) for cause in FAST_LIMIT_CAUSES)
     results.append(
         (
@@ -148,31 +150,33 @@ def check(run: Run, data: dict[str, Any]) -> list[str]:
     results.append(
         (
             "429s told apart",
-            told == total["responses_429"],
-            f"{told} of {total['responses_429']} 429 answers by limit: "
+            told == total.responses_429,
+            f"{told} of {total.responses_429} 429 answers by limit: "
             + (", ".join(f"{cause} {n}" for cause, n in causes.items()) or "none"),
         )
     )
-    policy = data["policy"]
-    violations = total["fallback"]["violations"]
+    policy = summary.policy
+    if policy is None:
+        raise ValueError("the fallback validation ran without a fallback policy")
+    violations = total.fallback.violations
     results.append(
         (
-            f"policy {policy['policy']} followed",
+            f"policy {policy.policy} followed",
             not violations,
             ", ".join(f"{kind} ({count} requests)" for kind, count in violations.items())
             or "0 violations",
         )
     )
-    amplification = policy["amplification"] or 0
+    amplification = policy.amplification or 0
     other_429s = told - fast_429s
-    requests = total["requests"] + total["cancelled"]
-    bound = policy["amplification_bound"] + (round(other_429s / requests, 4) if requests else 0)
+    requests = total.requests + total.cancelled
+    bound = policy.amplification_bound + (round(other_429s / requests, 4) if requests else 0)
     results.append(
         (
             "retry amplification",
             amplification <= bound,
             f"{amplification} attempts per request, bound {bound} "
-            f"({policy['amplification_bound']} + {other_429s} other 429s retried)",
+            f"({policy.amplification_bound} + {other_429s} other 429s retried)",
         )
     )
     target = run.plan.target if run.plan is not None else ""
@@ -213,15 +217,15 @@ def check(run: Run, data: dict[str, Any]) -> list[str]:
     for name, passed, measured in results:
         say(f"{'PASS' if passed else 'FAIL'} {name}: {measured}")
     breaches = [f"{name}: {measured}" for name, passed, measured in results if not passed]
-    data["validation"] = {
-        "breaches": len(breaches),
-        "fast_429_attempts": fast_429s,
-        "checks": [
-            {"check": name, "passed": passed, "measured": measured}
+    section = ValidationSection(
+        breaches=len(breaches),
+        fast_429_attempts=fast_429s,
+        checks=[
+            ValidationCheck(check=name, passed=passed, measured=measured)
             for name, passed, measured in results
         ],
-    }
-    return breaches
+    )
+    return breaches, summary.model_copy(update={"validation": section})
 
 
 def _scenario_defaults(parser: Any, **_: Any) -> None:

@@ -16,8 +16,9 @@ from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import request_timeout
 from loadkit.locust_plugin.run import Run, load_workload_option, resolve_path
 from loadkit.locust_plugin.targets import TargetPolicy, TargetRefused
+from loadkit.results import GroupFigures, finite, summary_json
 from loadkit.slo import SLOError, parse_slos
-from loadkit.summary import finite, summary_data, table_rows
+from loadkit.summary import build_summary, figures, table_rows
 from loadkit.workload import WorkloadError
 
 TAB = "llm"
@@ -54,14 +55,14 @@ def _num(value: float | None, digits: int = 1) -> float | str:
 
 def rows(run: Run) -> list[dict[str, Any]]:
     """The summary table's rows (``table_rows``), as plain numbers."""
-    data = summary_data(run.aggregate, run.run_id, None, run.fallback_settings)
-    groups = {(g["model"], g["speed"]): g for g in data["groups"]}
-    groups[("all", "")] = data["total"]
+    model_groups, total = figures(run.aggregate)
+    groups: dict[tuple[str, str], GroupFigures] = {(g.model, g.speed): g for g in model_groups}
+    groups[("all", "")] = total
     out = []
-    for row in table_rows(data):
+    for row in table_rows(model_groups, total):
         group = groups[(row["model"], row["speed"])]
         first = row["failures"] is not None
-        hit = group["cache_hit_ratio"]
+        hit = group.cache_hit_ratio
         out.append(
             {
                 "name": f"{row['model']} {row['speed']}".strip(),
@@ -82,10 +83,10 @@ def rows(run: Run) -> list[dict[str, Any]]:
                 "otps_p90": _num(row["otps"]["p90"]),
                 "e2e_p50": _num(row["e2e_ms"]["p50"]),
                 "e2e_p99": _num(row["e2e_ms"]["p99"]),
-                "input_tps": _num(group["input_tokens_per_s"]) if first else "",
-                "output_tps": _num(group["output_tokens_per_s"]) if first else "",
+                "input_tps": _num(group.input_tokens_per_s) if first else "",
+                "output_tps": _num(group.output_tokens_per_s) if first else "",
                 "cache_hit_pct": _num(hit * 100 if hit is not None else None) if first else "",
-                "cost_usd": _num(group["cost_usd"], 6) if first else "",
+                "cost_usd": _num(group.cost_usd, 6) if first else "",
             }
         )
     return out
@@ -196,14 +197,5 @@ def install(web_ui: Any, run: Run) -> None:
     @web_ui.app.route("/loadkit/summary.json")
     @web_ui.auth_required_if_enabled
     def llm_summary() -> Any:
-        return Response(
-            json.dumps(
-                finite(
-                    summary_data(
-                        run.aggregate, run.run_id, current_meta(run), run.fallback_settings
-                    )
-                ),
-                allow_nan=False,
-            ),
-            mimetype="application/json",
-        )
+        summary = build_summary(run.aggregate, run.run_id, current_meta(run), run.fallback_settings)
+        return Response(summary_json(summary), mimetype="application/json")
