@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Debian packages the tests use (real servers, real browser); installed where apt is available.
 DEBIAN_PACKAGES ?= chromium victoria-metrics influxdb
 
-.PHONY: install system-deps test lint demo netns-demo emulator bench clean
+.PHONY: install system-deps test lint demo netns-demo emulator bench clean k8s-sync
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "loadkit needs Python >= 3.11")'
@@ -58,6 +58,10 @@ demo: install
 # VictoriaMetrics as the InfluxDB server. Outputs in reports/netns-demo/.
 netns-demo: install system-deps
 	$(BIN)/python -m tests.multihost --folder reports/netns-demo
+
+# The Kubernetes kustomizations hold copies of workloads/ and the Grafana provisioning.
+k8s-sync: install
+	$(BIN)/python deploy/kubernetes/sync.py
 
 emulator: install
 	$(BIN)/loadkit emulator

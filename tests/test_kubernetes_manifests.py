@@ -271,7 +271,7 @@ def test_workload_files_come_from_a_configmap(rendered: dict[str, list[dict[str,
     assert path.name in workloads
     # The ConfigMap holds the repository's workload files as they are, every one of them.
     shipped = {p.name: p.read_text() for p in (ROOT / "workloads").glob("*.yaml")}
-    assert workloads == shipped
+    assert workloads == shipped, "the copies differ from workloads/: run make k8s-sync"
     # The locustfile and the workloads are in the image, where the command lines expect them.
     locustfile = command_line(c)[2]
     assert (ROOT / locustfile).is_file()
@@ -304,7 +304,7 @@ def test_grafana_gets_the_repositorys_provisioning(
     dashboards_path = yaml.safe_load(providers["loadkit.yaml"])["providers"][0]["options"]["path"]
     assert mounted[dashboards_path] == {
         "loadkit.json": (grafana_dir / "dashboards/loadkit.json").read_text()
-    }
+    }, "the copies differ from dashboards/grafana/: run make k8s-sync"
     # The datasource is the influxdb Service, and Grafana has the token it sends.
     (source,) = yaml.safe_load(datasources["loadkit.yaml"])["datasources"]
     host, port = source["url"].removeprefix("http://").split(":")
