@@ -90,17 +90,19 @@ def test_llm_tab_with_workload_chosen_in_the_form(
         page.get_by_role("button", name="Start").click()
         page.get_by_role("tab", name="LLM").click()
         page.wait_for_function(
-            "() => [...document.querySelectorAll('table tr')].some("
+            "() => [...document.querySelectorAll('table:not(.u-legend) tr')].some("
             "r => r.innerText.includes('claude-opus-4-6 fast'))",
             timeout=30_000,
         )
         page.wait_for_timeout(2500)
-        headers = page.locator("table th").all_inner_texts()
+        # (the LLM table, not the charts' legends)
+        headers = page.locator("table:not(.u-legend) th").all_inner_texts()
         assert "TTFT p50 ms" in headers and "OTPS p50" in headers and "Est. cost $" in headers
         rows = {
             cells[0]: cells
             for cells in (
-                row.locator("td").all_inner_texts() for row in page.locator("table tbody tr").all()
+                row.locator("td").all_inner_texts()
+                for row in page.locator("table:not(.u-legend) tbody tr").all()
             )
         }
         page.screenshot(path=str(tmp_path / "llm-tab.png"), full_page=True)

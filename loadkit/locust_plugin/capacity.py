@@ -24,6 +24,9 @@ from loadkit.slo import SLO, SLOError, meets_request_slos, parse_slos
 from loadkit.sweep import SweepPlan
 
 WINDOW_S = REPORT_WINDOW_S
+# Set on the master's options by the web UI (Locust sends custom options to the workers):
+# every process then slices by time window, for the live charts.
+LIVE_WINDOWS = "loadkit_live_windows"
 
 
 def add_options(parser: Any) -> None:
@@ -159,7 +162,7 @@ def prepare_process(run: Run, run_plan: RunPlan) -> None:
         users_total=users,
         in_flight_per_user=max(1, math.ceil(options.max_in_flight / users)),
         arrival=options.arrival,
-        windows=bool(options.report),
+        windows=bool(options.report) or bool(getattr(options, LIVE_WINDOWS, False)),
         budget=Budget(cap) if cap > 0 else None,
     )
 

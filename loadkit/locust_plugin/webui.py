@@ -1,4 +1,5 @@
-"""The "LLM" tab of Locust's web UI: per model x speed figures from the merged sketches."""
+"""loadkit in Locust's web UI: the "LLM" tab (live charts per model x speed, and the summary
+table from the merged sketches), its downloads, and the start form's grouped options."""
 
 from __future__ import annotations
 
@@ -8,20 +9,33 @@ import hmac
 import io
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from loadkit.emulator.config import ConfigError, load_config
+from loadkit.locust_plugin.capacity import LIVE_WINDOWS
 from loadkit.locust_plugin.costguard import check_spending_cap
 from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import request_timeout
 from loadkit.locust_plugin.run import Run, load_workload_option, resolve_path
+from loadkit.locust_plugin.sweepshape import SweepShape
 from loadkit.locust_plugin.targets import TargetPolicy, TargetRefused
+from loadkit.locust_plugin.webui_charts import series
+from loadkit.locust_plugin.webui_form import form_options, from_form
 from loadkit.results import GroupFigures, finite, summary_json
 from loadkit.slo import SLOError, parse_slos
 from loadkit.summary import build_summary, figures, table_rows
 from loadkit.workload import WorkloadError
 
 TAB = "llm"
+STATIC = Path(__file__).parent / "static"
+# The page's own scripts: the uPlot chart library (vendored, for offline use) and the view.
+HEAD = (
+    '<link rel="stylesheet" href="./loadkit/static/vendor/uplot/uPlot.min.css">'
+    '<link rel="stylesheet" href="./loadkit/static/llm-view.css">'
+    '<script src="./loadkit/static/vendor/uplot/uPlot.iife.min.js"></script>'
+    '<script src="./loadkit/static/llm-view.js" defer></script>'
+)
 # "user:password" for HTTP basic auth on the whole web UI (from the environment only).
 WEB_AUTH_ENV = "LOADKIT_WEB_AUTH"
 # Plain numbers (the tab shows them as they are, the CSV holds them as numbers).
@@ -53,8 +67,9 @@ def _num(value: float | None, digits: int = 1) -> float | str:
     return "" if value is None else round(value, digits)
 
 
-def rows(run: Run) -> list[dict[str, Any]]:
-    """The summary table's rows (``table_rows``), as plain numbers."""
+def rows(run: Run, cost_digits: int = 6) -> list[dict[str, Any]]:
+    """The summary table's rows (``table_rows``), as plain numbers (the CSV's full cost,
+    the page's to ``cost_digits``)."""
     model_groups, total = figures(run.aggregate)
     groups: dict[tuple[str, str], GroupFigures] = {(g.model, g.speed): g for g in model_groups}
     groups[("all", "")] = total
@@ -86,7 +101,7 @@ def rows(run: Run) -> list[dict[str, Any]]:
                 "input_tps": _num(group.input_tokens_per_s) if first else "",
                 "output_tps": _num(group.output_tokens_per_s) if first else "",
                 "cache_hit_pct": _num(hit * 100 if hit is not None else None) if first else "",
-                "cost_usd": _num(group.cost_usd, 6) if first else "",
+                "cost_usd": _num(group.cost_usd, cost_digits) if first else "",
             }
         )
     return out
@@ -129,23 +144,61 @@ def preflight(run: Run, form: Any) -> str | None:
     return None
 
 
-def install(web_ui: Any, run: Run) -> None:
-    from flask import Response, jsonify, request
+def _page_key(column: str) -> str:
+    # Locust's table sorts its rows by their "name" unless told otherwise (and an extended
+    # table cannot be): under another key, the rows keep their order, "all" last.
+    return "group" if column == "name" else column
 
+
+def _uses_sweep(environment: Any) -> bool:
+    shapes = [environment.shape_class, *(environment.available_shape_classes or {}).values()]
+    return any(isinstance(shape, SweepShape) for shape in shapes)
+
+
+def install(web_ui: Any, run: Run) -> None:
+    from flask import Response, jsonify, request, send_from_directory
+    from werkzeug.datastructures import ImmutableMultiDict
+
+    # Every process slices its figures by time window, for the charts.
+    setattr(run.options, LIVE_WINDOWS, True)
+    # The form's custom parameters keep the order given (the page's JSON sorts keys else).
+    web_ui.app.jinja_env.policies["json.dumps_kwargs"] = {"sort_keys": False}
     web_ui.template_args["extended_tabs"] = [{"title": "LLM", "key": TAB}]
     web_ui.template_args["extended_tables"] = [
-        {"key": TAB, "structure": [{"key": key, "title": title} for key, title in COLUMNS]}
+        {
+            "key": TAB,
+            "structure": [{"key": _page_key(key), "title": title} for key, title in COLUMNS],
+        }
     ]
     web_ui.template_args["extended_csv_files"] = [
-        {"href": "./loadkit/llm.csv", "title": "LLM figures per model x speed (CSV)"}
+        {"href": "./loadkit/llm.csv", "title": "LLM figures per model x speed (CSV)"},
+        {"href": "./loadkit/summary.json", "title": "loadkit summary (JSON)"},
     ]
+    locust_template_args = web_ui.update_template_args
+
+    def update_template_args() -> None:
+        locust_template_args()
+        args = web_ui.template_args
+        args["extra_options"], args["loadkit_form_groups"] = form_options(
+            args["extra_options"],
+            uses_sweep=_uses_sweep(run.environment),
+            uses_influxdb=bool(getattr(run.options, "influxdb_url", "")),
+        )
+
+    web_ui.update_template_args = update_template_args
 
     @web_ui.app.after_request
-    def add_llm_rows(response: Any) -> Any:
+    def add_llm_view(response: Any) -> Any:
         if request.path.endswith("/stats/requests") and response.is_json:
             payload = response.get_json()
-            payload["extended_stats"] = [{"key": TAB, "data": finite(rows(run))}]
+            page_rows = [{_page_key(k): v for k, v in row.items()} for row in rows(run, 3)]
+            payload["extended_stats"] = [{"key": TAB, "data": finite(page_rows)}]
             response.set_data(json.dumps(payload))
+            return response
+        index = (request.endpoint or "").rsplit(".", 1)[-1] == "index"  # in Locust's blueprint
+        if index and response.mimetype == "text/html":
+            page = response.get_data(as_text=True)
+            response.set_data(page.replace("</head>", HEAD + "</head>", 1))
         return response
 
     credentials = os.environ.get(WEB_AUTH_ENV, "")
@@ -175,6 +228,7 @@ def install(web_ui: Any, run: Run) -> None:
         refused start says why in the form (Locust shows a /swarm answer's message)."""
         if request.method != "POST" or not request.path.endswith("/swarm"):
             return None
+        request.form = ImmutableMultiDict(from_form(request.form.items(multi=True)))
         if web_ui.web_login:
             from flask_login import current_user
 
@@ -199,3 +253,15 @@ def install(web_ui: Any, run: Run) -> None:
     def llm_summary() -> Any:
         summary = build_summary(run.aggregate, run.run_id, current_meta(run), run.fallback_settings)
         return Response(summary_json(summary), mimetype="application/json")
+
+    @web_ui.app.route("/loadkit/series.json")
+    @web_ui.auth_required_if_enabled
+    def llm_series() -> Any:
+        return Response(
+            json.dumps(finite(series(run)), allow_nan=False), mimetype="application/json"
+        )
+
+    @web_ui.app.route("/loadkit/static/<path:name>")
+    @web_ui.auth_required_if_enabled
+    def llm_static(name: str) -> Any:
+        return send_from_directory(STATIC, name, max_age=0)
