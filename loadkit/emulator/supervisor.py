@@ -9,7 +9,7 @@ incoming connections over them. Once every worker listens, the supervisor prints
 calls until it is told to stop.
 
 Dying together: a worker asks the kernel for SIGTERM when the supervisor dies and watches its
-parent pid too (``launcher.tie_to_parent``). A worker that exits on its own takes the whole
+parent pid too (``parentdeath.tie_to_parent``). A worker that exits on its own takes the whole
 emulator down (exit status 1, naming it): its counts would be missing from every merged
 answer, so no answer would be exact any more.
 """
@@ -135,7 +135,7 @@ class Supervisor:
         code = 1
         try:
             from loadkit.emulator.cluster import Worker
-            from loadkit.emulator.launcher import tie_to_parent
+            from loadkit.emulator.parentdeath import tie_to_parent
             from loadkit.emulator.server import run
 
             tie_to_parent(self.pid)
