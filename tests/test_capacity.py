@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from playwright.sync_api import sync_playwright
 
 from loadkit.slo import SLOError, parse_slo, parse_slos
 from loadkit.sweep import SweepPlan
@@ -18,7 +17,6 @@ from loadkit.sweep import SweepPlan
 from .runs import run_locust
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.mark.parametrize(
@@ -170,7 +168,8 @@ def test_sweep_finds_the_capacity_of_the_emulator(tmp_path: Path) -> None:
     output = result.stdout + result.stderr  # the console output is moving to stderr
     assert f"capacity: {sweep['capacity']:g} req/s offered (knee at" in output
     html = (tmp_path / "sweep.html").read_text()
-    assert "Throughput vs latency" in html and f">capacity {sweep['capacity']:g}<" in html
+    assert "schedule_ttft_p95_ms by offered load" in html
+    assert f">capacity {sweep['capacity']:g}<" in html
 
 
 @pytest.mark.slow
@@ -254,25 +253,3 @@ def test_remote_target_needs_a_cost_cap(tmp_path: Path) -> None:
         tmp_path, SLOW, HAIKU, "-u", "1", "-t", "30s", "--target-url", "https://api.example.invalid"
     )
     assert result.returncode == 2 and "--max-cost-usd" in result.stderr and data is None
-
-
-@pytest.mark.slow
-def test_report_renders_in_a_browser(tmp_path: Path) -> None:
-    result, _ = run(
-        tmp_path, SLOW, HAIKU, "-u", "3", "-r", "3", "-t", "11s",
-        "--report", str(tmp_path / "r.html"), "--slo", "ttft_p95_ms<=5000",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto((tmp_path / "r.html").as_uri())
-        titles = page.locator("svg text[font-weight=bold]").all_text_contents()
-        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
-        lines = page.locator("svg polyline").count()
-        browser.close()
-    assert {"TTFT distribution (CDF)", "OTPS distribution (CDF)", "TTFT percentiles"} <= set(titles)
-    assert {"Output tokens/s", "Requests/s started", "Errors and 429s"} <= set(titles)
-    assert lines >= 6
