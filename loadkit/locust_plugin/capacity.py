@@ -1,5 +1,6 @@
 """Capacity planning settings in Locust: the options of open loop, sweeps, SLOs and the cost
-guard, and the ``Settings`` every process derives from them at each start.
+guard, and the ``Settings`` (``capacity_settings``) every process derives from them at each
+start.
 
 Every process reads the same settings from ``parsed_options`` and the master's ``RunPlan``.
 The jobs live beside this module: ``openloop`` (arrivals), ``costguard`` (the spending cap),
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from loadkit.aggregate import Slice
 from loadkit.budget import Budget
+from loadkit.locust_plugin.capacity_settings import Settings
 from loadkit.locust_plugin.costguard import check_spending_cap
 from loadkit.locust_plugin.run import Run, RunPlan
 from loadkit.record import ResultRecord
@@ -81,22 +82,6 @@ def add_options(parser: Any) -> None:
     parser.add_argument(
         "--report", default="", help="Write a self-contained HTML report (plots) to this path"
     )
-
-
-@dataclass
-class Settings:
-    """What every process needs, derived once per run from the options."""
-
-    slos: list[SLO]
-    plan: SweepPlan | None
-    sweep_start_wall: float
-    run_start_wall: float
-    rate_per_user: float  # open loop (0: closed loop); for a rate sweep, the first step's
-    users_total: int
-    in_flight_per_user: int
-    arrival: str
-    windows: bool
-    budget: Budget | None
 
 
 WALL_OFFSET_NS = time.time_ns() - time.perf_counter_ns()

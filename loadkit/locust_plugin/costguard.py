@@ -3,18 +3,16 @@ reserved before it is sent, and the whole run stopped before the cap could be pa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 from loadkit.budget import worst_case_cost
 from loadkit.client import RequestSpec
+from loadkit.locust_plugin.capacity_settings import Settings
 from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.run import Run
 from loadkit.record import ResultRecord
 from loadkit.slo import SLOError
-
-if TYPE_CHECKING:
-    from loadkit.locust_plugin.capacity import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

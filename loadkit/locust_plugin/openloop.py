@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import random
 import time
-from typing import TYPE_CHECKING
 
 from loadkit.arrivals import ArrivalSchedule
-
-if TYPE_CHECKING:
-    from loadkit.locust_plugin.capacity import Settings
+from loadkit.locust_plugin.capacity_settings import Settings
 
 LATE_START_MS = 1.0  # an open-loop start this much after its schedule counts as late
 

@@ -20,6 +20,7 @@ from loadkit.aggregate import Aggregate
 from loadkit.client import RequestSpec, StreamingClient
 from loadkit.emulator.launcher import EmulatorProcess
 from loadkit.fallback import FallbackPolicy, FallbackSettings
+from loadkit.locust_plugin.capacity_settings import Settings
 from loadkit.locust_plugin.targets import TargetPolicy
 from loadkit.locust_plugin.workers import InFlight, Workers
 from loadkit.prompts import PromptFactory
@@ -27,7 +28,6 @@ from loadkit.results import RunSummary
 from loadkit.workload import Sampler, Workload, WorkloadError, load_workload, parse_workload
 
 if TYPE_CHECKING:
-    from loadkit.locust_plugin.capacity import Settings
     from loadkit.sinks.influxdb import InfluxSink
 
 log = logging.getLogger("loadkit")
