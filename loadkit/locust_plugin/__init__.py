@@ -14,11 +14,7 @@ __all__ = ["LLMUser", "result_event"]
 
 def __getattr__(name: str) -> Any:
     if name == "LLMUser":
-        # hooks first: records' init listener must come after the run's own
-        from loadkit.locust_plugin import (
-            hooks,  # noqa: F401 - registers the event listeners
-            records,  # noqa: F401 - the --records writer's
-        )
+        from loadkit.locust_plugin import hooks  # noqa: F401 - registers the event listeners
         from loadkit.locust_plugin.user import LLMUser
 
         return LLMUser

@@ -27,7 +27,7 @@ from loadkit.accounting import EmulatorCounters, Reconciliation, reconcile_lost
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.gctune import tune_gc
-from loadkit.locust_plugin import capacity, costguard, gates, influx, targets, webui
+from loadkit.locust_plugin import capacity, costguard, gates, influx, records, targets, webui
 from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import add_options, check_options
@@ -110,6 +110,7 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
     run.interrupted_by = ""
     install(environment.events, run)
     influx.install(environment.events, run)
+    records.install(environment.events, run)
     costguard.install(environment.events, run)
     # SIGTERM is told apart from Ctrl-C by this; Locust's own handler quits the run.
     gevent.signal_handler(signal.SIGTERM, _record_sigterm, run)

@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from locust import events
-
 from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.reporting import result_event
-from loadkit.locust_plugin.run import Run, run_of
+from loadkit.locust_plugin.run import Run
 from loadkit.record import ResultRecord
 from loadkit.sinks.records import RecordsWriter
 
@@ -108,14 +106,14 @@ def _worker_report(state: RecordsState, client_id: str, data: dict[str, Any]) ->
         state.workers[client_id] = stats
 
 
-def install(run_events: Any, run: Run) -> RecordsState:
+def install(events: Any, run: Run) -> RecordsState:
     """The records listeners for ``run``; install after the run's own (hooks.install), so
     that the master prints its totals after the workers' final reports are in."""
     state = RecordsState()
-    run_events.test_start.add_listener(lambda **_: _test_start(run, state))
-    run_events.test_stop.add_listener(lambda **_: _test_stop(run, state))
-    run_events.report_to_master.add_listener(lambda client_id, data, **_: _report(state, data))
-    run_events.worker_report.add_listener(
+    events.test_start.add_listener(lambda **_: _test_start(run, state))
+    events.test_stop.add_listener(lambda **_: _test_stop(run, state))
+    events.report_to_master.add_listener(lambda client_id, data, **_: _report(state, data))
+    events.worker_report.add_listener(
         lambda client_id, data, **_: _worker_report(state, client_id, data)
     )
     installed = run
@@ -128,10 +126,3 @@ def install(run_events: Any, run: Run) -> RecordsState:
 
     result_event.add_listener(on_result)
     return state
-
-
-@events.init.add_listener
-def _init(environment: Any, **_: Any) -> None:
-    # Registered after hooks' own init listener (loadkit/locust_plugin/__init__.py imports
-    # this module after hooks), so the run's listeners come first.
-    install(environment.events, run_of(environment))
