@@ -168,6 +168,10 @@ def test_partitioned_worker_rejoins_and_an_unreachable_influxdb_loses_no_point(
     assert "went missing" in log and "rejoined" in log
     sink = data["influxdb"]
     assert sink["dropped"] == 0 and sink["failed_writes"] > 0, sink
-    assert found == points > 100
+    # Nothing lost: every request's point reached the server. A write whose answer the cut
+    # swallowed after the server had taken it is sent again (at-least-once); InfluxDB keeps
+    # one point per series and timestamp, so the copy overwrites itself there, but the
+    # stand-in (VictoriaMetrics) keeps both: copies are allowed, a missing point is not.
+    assert found >= points > 100, (found, points)
     print(f"partitioned worker: missing {since}-{until} s, rejoined; {row}")
     print(f"influxdb outage: {points} request points, all delivered; sink {sink}")
