@@ -262,3 +262,21 @@ def wait_for(url: str, timeout: float = 20) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_the_stop_does_not_hold_the_hub_while_streams_are_in_flight(tmp_path: Path) -> None:
+    """Locust's ``Runner.stop()`` calls ``inspect.stack()`` for a debug line; cold, that call
+    held the hub ~200 ms right at the stop, so the streams in flight got their last tokens in
+    one burst (inter-token gaps of 100-170 ms where 20 ms was the pace) and the requests ending
+    then were timed wrong. gevent's own monitor reports any greenlet that keeps the hub over
+    100 ms: none may be Locust's stop."""
+    result, data = locust(
+        tmp_path, "--workload", "workloads/ci.yaml", "-u", "30", "-r", "30", "-t", "3s",
+        env={"GEVENT_MONITOR_THREAD_ENABLE": "true", "GEVENT_MAX_BLOCKING_TIME": "0.1"},
+    )  # fmt: skip
+    assert result.returncode == 0 and data is not None, result.stderr[-3000:]
+    assert data["total"]["cancelled"] > 0  # streams were in flight at the stop
+    reports = result.stderr.split("appears to be blocked")[1:]
+    at_stop = [r for r in reports if "in stop\n" in r[:4000]]
+    assert not at_stop, at_stop[0][:3000]
