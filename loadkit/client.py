@@ -68,6 +68,11 @@ class RequestSpec:
     prompt_tokens_target: int = 0
     cache_ttl: str = "5m"
     t_intended: int = 0
+    # where the request came from, carried into its record for grouping
+    dataset: str = ""  # the prompt dataset's name ("" for synthetic prompts)
+    output_target: int = 0  # output tokens asked for in the prompt (0: none asked)
+    session_id: str = ""  # the conversation (or trace session) it belongs to
+    turn: int = 0  # its turn in that conversation, from 1 (0: not part of one)
 
 
 class RequestCancelled(BaseException):
@@ -317,6 +322,10 @@ class StreamingClient:
                 prompt_tokens_target=spec.prompt_tokens_target,
                 max_tokens=spec.max_tokens,
                 t_intended=spec.t_intended,
+                dataset=spec.dataset,
+                output_target=spec.output_target,
+                session_id=spec.session_id,
+                turn=spec.turn,
             )
         else:
             record.restart()

@@ -42,6 +42,10 @@ class ResultRecord:
     scenario: str
     prompt_tokens_target: int
     max_tokens: int
+    dataset: str = ""  # the prompt dataset's name ("" for synthetic prompts)
+    output_target: int = 0  # output tokens asked for in the prompt (0: none asked)
+    session_id: str = ""  # the conversation (or trace session) it belongs to
+    turn: int = 0  # its turn in that conversation, from 1 (0: not part of one)
     # Times, perf_counter_ns of this process; 0 when the point was never reached.
     t_intended: int = 0
     t_send: int = 0
