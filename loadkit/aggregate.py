@@ -30,6 +30,8 @@ SKETCHES = (
     "ttft_ms_fell_back",
     "otps_fell_back",
     "e2e_ms_fell_back",
+    # requests with an output-length target that completed: output tokens / target
+    "output_ratio",
 )
 SERVED: tuple[Literal["as_asked"], Literal["fell_back"]] = ("as_asked", "fell_back")
 TOTALS = (
@@ -147,6 +149,8 @@ class Group:
                 sketches["e2e_ms"].add(e2e)
                 sketches[f"e2e_ms_{how}"].add(e2e)
         sketches["itl_ms"].add_all([gap / 1e6 for gap in record.itl_ns])
+        if record.output_target > 0:
+            add_adherence(self, record)
         if record.t_intended:
             sketches["queue_ms"].add(max(record.queue_delay_ms, 1e-6))
         for name, value in record.rate_limits.items():
@@ -197,7 +201,28 @@ class Group:
         return group
 
 
-Slice = tuple[str, int]  # ("step", k) for a sweep's steps, ("window", start_s) for time series
+def add_adherence(group: Group, record: ResultRecord) -> None:
+    """A request that asked for ``output_target`` tokens and ended: counted; if it completed,
+    its ratio achieved/asked, whether that is within 20% of 1, and whether max_tokens cut it."""
+    if record.outcome is Outcome.CANCELLED:  # cut by the run's end: no request that ended
+        return
+    totals = group.totals
+    totals["targeted"] += 1
+    if not record.ok:
+        return
+    ratio = record.output_tokens / record.output_target
+    totals["targeted_ok"] += 1
+    # |achieved - target| <= 20% of target, in integers (no rounding at the edges)
+    totals["targeted_within_20pct"] += 5 * abs(record.output_tokens - record.output_target) <= (
+        record.output_target
+    )
+    totals["targeted_at_max_tokens"] += record.stop_reason == "max_tokens"
+    group.sketches["output_ratio"].add(ratio)
+
+
+# ("step", k) for a sweep's steps, ("window", start_s) for time series, ("dataset", position
+# in the workload) for prompt datasets
+Slice = tuple[str, int]
 
 
 class Aggregate:

@@ -104,6 +104,10 @@ class PromptFactory:
     def calibrated(self, model: str) -> bool:
         return model in self._calibrations
 
+    def system(self, model: str) -> Any:
+        """The run's shared system prefix for ``model`` (blocks), or None; once calibrated."""
+        return self._system[model]
+
     # per request --------------------------------------------------------------------------
     def _messages(self, text: str, request_number: int) -> list[dict[str, Any]]:
         return [{"role": "user", "content": f"[{self._tag}-{request_number}] {text}"}]

@@ -50,6 +50,19 @@ class FallbackFigures(_Strict):
     violations: dict[str, int]
 
 
+class OutputTargetFigures(_Strict):
+    """Adherence to output-length targets (``output_tokens_target``): ``requests`` that asked
+    for one and ended (any outcome); ``measured``, those that completed, whose ratio output
+    tokens / target is summarised (``ratio`` p10/p50/p90), with the share of them within
+    +-20% of the target and the share cut by ``max_tokens`` (``stop_reason``)."""
+
+    requests: int
+    measured: int
+    ratio: Percentiles
+    within_20pct: float | None
+    at_max_tokens: float | None
+
+
 class GroupFigures(_Strict):
     """One model x speed's figures, or all of them (``total``).
 
@@ -91,11 +104,20 @@ class GroupFigures(_Strict):
     rate_limit_headroom: dict[str, int | str]
     fallback: FallbackFigures
     attempt_outcomes: dict[str, int]
+    output_target: OutputTargetFigures | None = None  # when requests asked for a length
 
 
 class ModelGroup(GroupFigures):
     model: str
     speed: str
+
+
+class DatasetGroup(GroupFigures):
+    """The requests whose prompt came from one dataset (``index``: its place in the
+    workload's ``datasets``), over every model x speed."""
+
+    dataset: str
+    index: int
 
 
 class Versions(_Strict):
@@ -329,6 +351,7 @@ class RunSummary(BaseModel):
     meta: RunMeta
     groups: list[ModelGroup]
     total: GroupFigures
+    by_dataset: list[DatasetGroup] | None = None
     policy: PolicySection | None = None
     open_loop: OpenLoopSection | None = None
     sweep: SweepSection | None = None

@@ -7,11 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from loadkit.aggregate import SERVED, Aggregate, Group
+from loadkit.adherence import adherence_figures, adherence_lines
+from loadkit.aggregate import SERVED, Aggregate, Group, combine
+from loadkit.dataset_table import dataset_lines
 from loadkit.fallback import FallbackSettings
 from loadkit.fallback_checks import amplification_bound
 from loadkit.results import (
     SCHEMA_VERSION,
+    DatasetGroup,
     GroupFigures,
     ModelGroup,
     PolicySection,
@@ -69,7 +72,9 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
         for name, (value, _) in group.headroom.items()
     }
     served = {how: _served_figures(group, how) for how in SERVED}
+    adherence = adherence_figures(group)
     return {
+        **({"output_target": adherence} if adherence is not None else {}),
         "requests": requests,
         "ok": ok,
         "failures": requests - ok,
@@ -133,14 +138,34 @@ def figures(aggregate: Aggregate) -> tuple[list[ModelGroup], GroupFigures]:
     return groups, GroupFigures.model_validate(finite(group_figures(aggregate.total(), elapsed)))
 
 
+def dataset_figures(aggregate: Aggregate, names: Sequence[str]) -> list[DatasetGroup]:
+    """Each dataset's figures over every model x speed (the "dataset" slices), in workload
+    order; a dataset no request drew from is left out."""
+    elapsed = aggregate.elapsed_s
+    return [
+        DatasetGroup.model_validate(
+            finite(
+                {
+                    "dataset": names[index] if index < len(names) else str(index),
+                    "index": index,
+                    **group_figures(combine(groups.values()), elapsed),
+                }
+            )
+        )
+        for index, groups in aggregate.slices("dataset").items()
+    ]
+
+
 def build_summary(
     aggregate: Aggregate,
     run_id: str,
     meta: RunMeta,
     fallback: FallbackSettings | None = None,
+    datasets: Sequence[str] = (),
 ) -> RunSummary:
     """The run's results, built once from its aggregate; the Locust layer adds its
-    scenario's sections (``RunSummary.model_copy(update=...)``) and every output reads it."""
+    scenario's sections (``RunSummary.model_copy(update=...)``) and every output reads it.
+    ``datasets``: the workload's dataset names (``by_dataset`` when requests drew from them)."""
     groups, total = figures(aggregate)
     summary = RunSummary(
         schema_version=SCHEMA_VERSION,
@@ -150,6 +175,9 @@ def build_summary(
         groups=groups,
         total=total,
     )
+    by_dataset = dataset_figures(aggregate, datasets)
+    if by_dataset:
+        summary = summary.model_copy(update={"by_dataset": by_dataset})
     if fallback is None:
         return summary
     policy = PolicySection(
@@ -291,6 +319,8 @@ def format_table(summary: RunSummary) -> str:
         )
     if summary.policy is not None and summary.policy.policy != "none":
         lines.extend(format_fallback(summary, summary.policy))
+    lines.extend(dataset_lines(summary))
+    lines.extend(adherence_lines(summary))
     return "\n".join(lines)
 
 

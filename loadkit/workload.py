@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from loadkit.catalog import MODELS, SNAPSHOTS, model_info
+from loadkit.datasets import DatasetError, DatasetSource, check_sources, load_sources
 from loadkit.distributions import MAX_WEIGHT, Distribution, Fixed
 from loadkit.fallback import FallbackSettings
 from loadkit.slo import SLOError, parse_slo
@@ -111,6 +112,7 @@ class ModelMix(_TokenBounds):
     speeds: dict[Speed, Weight] = Field(default_factory=_standard_only)
     prompt_tokens: Distribution | None = None
     max_tokens: Distribution | None = None
+    output_tokens_target: Distribution | None = None
     expect_errors: bool = Field(
         default=False, description="allow settings the API will refuse (e.g. fast on Sonnet)"
     )
@@ -131,12 +133,48 @@ class ModelMix(_TokenBounds):
         return self
 
 
+def _check_datasets_and_targets(workload: Workload) -> None:
+    """Datasets replace synthetic prompts; an output target stays within ``max_tokens``."""
+    if workload.datasets:
+        check_sources(workload.datasets)
+        given = [f"models.{i}." for i, m in enumerate(workload.models) if m.prompt_tokens]
+        # (not model_fields_set: the plan's copy of the workload sets every field)
+        default = Workload.model_fields["prompt_tokens"].get_default(call_default_factory=True)
+        if workload.prompt_tokens != default:
+            given.insert(0, "")
+        if given:
+            raise ValueError(
+                f"{given[0]}prompt_tokens: datasets replace synthetic prompts, so prompt_tokens "
+                "would not be used; remove it or the datasets"
+            )
+    for i, mix in enumerate(workload.models):
+        target = mix.output_tokens_target or workload.output_tokens_target
+        if target is None:
+            continue
+        where = "output_tokens_target"
+        if mix.output_tokens_target:
+            where = f"models.{i}.{where}"
+        if target.highest is None:
+            raise ValueError(f"{where}: a {target.kind} distribution without max needs a max")
+        if target.lowest < 1:
+            raise ValueError(f"{where}: can draw {target.lowest}; must be >= 1")
+        cap = (mix.max_tokens or workload.max_tokens).lowest
+        if target.highest > cap:
+            raise ValueError(
+                f"{where}: can draw {target.highest}, above the max_tokens models.{i} can draw "
+                f"({cap}): max_tokens is the cap, so a target must stay below its lowest draw"
+            )
+
+
 class Workload(_TokenBounds):
     name: str = Field(default="workload", pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     models: list[ModelMix] = Field(min_length=1)
     prompt_tokens: Distribution = Field(default_factory=lambda: Fixed(value=1000))
     max_tokens: Distribution = Field(default_factory=lambda: Fixed(value=512))
+    # output tokens asked for in the prompt (loadkit.output_target); max_tokens stays the cap
+    output_tokens_target: Distribution | None = None
+    datasets: list[DatasetSource] = Field(default_factory=list)  # replace synthetic prompts
     temperature: float | None = Field(default=None, ge=0, le=1)
     system_prefix: SystemPrefix | None = None
     stop_sequences: list[str] = Field(default_factory=list)
@@ -150,6 +188,7 @@ class Workload(_TokenBounds):
                 parse_slo(text)
             except SLOError as err:
                 raise ValueError(f"slos.{i}: {err}") from None
+        _check_datasets_and_targets(self)
         if sum(m.weight for m in self.models) <= 0:
             raise ValueError("models: weights sum to zero")
         prefix = self.system_prefix.tokens if self.system_prefix else 0
@@ -183,7 +222,15 @@ def parse_workload(data: Any, source: str) -> Workload:
 
 
 def load_workload(path: str | Path) -> Workload:
-    return parse_workload(read_yaml(path, "workload", WorkloadError), str(path))
+    """A workload file, validated, with its datasets' prompts read in."""
+    workload = parse_workload(read_yaml(path, "workload", WorkloadError), str(path))
+    if not workload.datasets:
+        return workload
+    try:
+        datasets = load_sources(workload.datasets, Path(path))
+        return workload.model_copy(update={"datasets": datasets})
+    except DatasetError as err:
+        raise WorkloadError(f"workload {path}: {err}") from None
 
 
 @dataclass(slots=True)
@@ -194,6 +241,7 @@ class Draw:
     speed: Speed
     prompt_tokens: int
     max_tokens: int
+    output_target: int = 0  # output tokens to ask for in the prompt (0: none)
 
 
 class _Choice:
@@ -233,4 +281,6 @@ class Sampler:
         speed = speeds.pick(rng)
         prompt = (mix.prompt_tokens or self.workload.prompt_tokens).sample(rng)
         max_tokens = max(1, (mix.max_tokens or self.workload.max_tokens).sample(rng))
-        return Draw(mix.model, speed, prompt, max_tokens)
+        target = mix.output_tokens_target or self.workload.output_tokens_target
+        output_target = target.sample(rng) if target is not None else 0
+        return Draw(mix.model, speed, prompt, max_tokens, output_target)

@@ -386,7 +386,13 @@ def _build_summary(run: Run) -> RunSummary | None:
     they are, and the problem logged) if they do not fit the schema: a defect, but nothing
     is lost."""
     try:
-        return build_summary(run.aggregate, run.run_id, current_meta(run), run.fallback_settings)
+        return build_summary(
+            run.aggregate,
+            run.run_id,
+            current_meta(run),
+            run.fallback_settings,
+            run.dataset_names,
+        )
     except ValidationError as err:
         log.error("loadkit: the results do not fit schema version %d: %s", SCHEMA_VERSION, err)
         if run.options.summary_json:

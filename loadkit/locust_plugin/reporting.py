@@ -42,10 +42,9 @@ def report(run: Run, record: ResultRecord) -> None:
     policy = run.policy
     violations = record_violations(record, policy.settings) if policy is not None else None
     settings = run.capacity
-    run.aggregate.add(
-        record,
-        violations,
-        capacity.slices_for(settings, record),
-        capacity.is_good(settings, record),
-    )
+    slices = capacity.slices_for(settings, record)
+    dataset = run.datasets.index_of(record.dataset) if run.datasets and record.dataset else None
+    if dataset is not None:
+        slices.append(("dataset", dataset))
+    run.aggregate.add(record, violations, slices, capacity.is_good(settings, record))
     result_event.fire(record=record, run=run)

@@ -18,11 +18,13 @@ import loadkit
 from loadkit.accounting import EmulatorCounters
 from loadkit.aggregate import Aggregate
 from loadkit.client import RequestSpec, StreamingClient
+from loadkit.datasets import DatasetPicker, dataset_names
 from loadkit.emulator.launcher import EmulatorProcess
 from loadkit.fallback import FallbackPolicy, FallbackSettings
 from loadkit.locust_plugin.capacity_settings import Settings
 from loadkit.locust_plugin.targets import TargetPolicy
 from loadkit.locust_plugin.workers import InFlight, Workers
+from loadkit.output_target import instruct
 from loadkit.prompts import PromptFactory
 from loadkit.results import RunSummary
 from loadkit.workload import Sampler, Workload, WorkloadError, load_workload, parse_workload
@@ -151,6 +153,7 @@ class Run:
     fallback_settings: FallbackSettings | None = None
     sampler: Sampler | None = None
     prompts: PromptFactory | None = None
+    datasets: DatasetPicker | None = None  # the workload's prompt datasets, sized
     #: totals of the run (local runner and master) or since the last report (worker)
     aggregate: Aggregate = field(default_factory=Aggregate)
     emulator: EmulatorProcess | None = None
@@ -212,7 +215,15 @@ class Run:
         )
         for mix in workload.models:
             self.prompts.calibrate(mix.model, self.client.count_tokens)
+        self.datasets = None
+        if workload.datasets:
+            self.datasets = dataset_picker(workload, self.client, self.prompts, seed)
         self.client.warm_up()
+
+    @property
+    def dataset_names(self) -> list[str]:
+        """The workload's dataset names in order (every process: from the run's plan)."""
+        return dataset_names(self.plan.workload) if self.plan is not None else []
 
     @property
     def cached_prefix_tokens(self) -> int:
@@ -222,9 +233,17 @@ class Run:
     def next_spec(self) -> RequestSpec:
         assert self.sampler is not None and self.prompts is not None and self.workload
         draw = self.sampler.draw()
-        prefix = self.workload.system_prefix
-        target = draw.prompt_tokens + (prefix.tokens if prefix else 0)
-        messages, system = self.prompts.build(draw.model, target)
+        dataset = ""
+        if self.datasets is not None:
+            chosen = self.datasets.draw(draw.model)
+            messages, system, target = chosen.messages, chosen.system, chosen.tokens
+            dataset = chosen.dataset
+        else:
+            prefix = self.workload.system_prefix
+            target = draw.prompt_tokens + (prefix.tokens if prefix else 0)
+            messages, system = self.prompts.build(draw.model, target)
+        if draw.output_target:
+            messages = instruct(messages, draw.output_target)
         return RequestSpec(
             model=draw.model,
             speed=draw.speed,
@@ -236,6 +255,8 @@ class Run:
             scenario=self.workload.name,
             prompt_tokens_target=target,
             cache_ttl=self.cache_ttl,
+            dataset=dataset,
+            output_target=draw.output_target,
         )
 
     def close_client(self) -> None:
@@ -248,6 +269,18 @@ class Run:
         if self.emulator is not None:
             self.emulator.stop()
             self.emulator = None
+
+
+def dataset_picker(
+    workload: Workload, client: StreamingClient, prompts: PromptFactory, seed: int
+) -> DatasetPicker:
+    """The workload's datasets, each distinct prompt counted once per model of the mix."""
+    models = sorted({m.model for m in workload.models if m.weight > 0})
+    picker = DatasetPicker(
+        workload.datasets, models, client.count_tokens, prompts.system, random.Random(seed + 1)
+    )
+    log.info("loadkit: datasets sized with %d count_tokens calls", picker.counted)
+    return picker
 
 
 def run_of(environment: Any) -> Run:

@@ -251,7 +251,13 @@ def install(web_ui: Any, run: Run) -> None:
     @web_ui.app.route("/loadkit/summary.json")
     @web_ui.auth_required_if_enabled
     def llm_summary() -> Any:
-        summary = build_summary(run.aggregate, run.run_id, current_meta(run), run.fallback_settings)
+        summary = build_summary(
+            run.aggregate,
+            run.run_id,
+            current_meta(run),
+            run.fallback_settings,
+            run.dataset_names,
+        )
         return Response(summary_json(summary), mimetype="application/json")
 
     @web_ui.app.route("/loadkit/series.json")
