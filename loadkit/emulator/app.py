@@ -9,7 +9,7 @@ import logging
 from typing import Any
 from urllib.parse import parse_qsl
 
-from loadkit.emulator import auth, jsonbody, validation, wire
+from loadkit.emulator import auth, content, jsonbody, validation, wire
 from loadkit.emulator.config import EmulatorConfig
 from loadkit.emulator.control import Control
 from loadkit.emulator.errors import ApiError, invalid
@@ -145,6 +145,7 @@ class Emulator:
             prompt = analyse_prompt(body, cache_key)
             window = validation.context_window(request, runtime)
             validation.prompt_fits(prompt.tokens, window)
+            features = content.features(body, request, max_tokens, window)
         except ApiError as err:
             counters = self.stats.counters(model, speed)
             counters.received += 1
@@ -170,6 +171,7 @@ class Emulator:
             max_tokens,
             prompt,
             window - prompt.tokens,
+            features,
         )
 
     def count_tokens(self, conn: Connection, request: Request, key: str) -> None:

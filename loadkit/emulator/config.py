@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from loadkit.distributions import Distribution, LogNormal
+from loadkit.distributions import Distribution, LogNormal, Uniform
 from loadkit.yamlfiles import describe_validation_error, read_yaml
 
 FAST_MODE_BETA = "fast-mode-2026-02-01"
@@ -217,6 +217,29 @@ class HttpLimits(_Strict):
     )
 
 
+class ThinkingAndTools(_Strict):
+    """What the emulator answers a request with extended thinking or tools (docs/
+    emulator-config.yaml, ``thinking_and_tools``). Every draw is from the seeded rng."""
+
+    thinking_budget_percent: Distribution = Field(
+        default_factory=lambda: LogNormal(median=30, sigma=0.6, min=2, max=100),
+        description="thinking tokens of an answer, in percent of budget_tokens (capped at 100)",
+    )
+    tool_call_probability: float = Field(
+        default=0.8, ge=0, le=1, description="tool_choice auto: a tool is called"
+    )
+    tool_call_after_result_probability: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="tool_choice auto, the last user turn carrying tool_result blocks",
+    )
+    text_before_tool_tokens: Distribution = Field(
+        default_factory=lambda: Uniform(min=0, max=24),
+        description="text tokens before an unforced tool_use block (0: none)",
+    )
+
+
 def _default_models() -> dict[str, ModelProfile]:
     return {
         "claude-opus-4-6": ModelProfile(
@@ -307,6 +330,7 @@ class EmulatorConfig(_Strict):
     tokens_per_delta: int = Field(
         default=3, ge=1, le=1000, description="tokens in each delta after the first"
     )
+    thinking_and_tools: ThinkingAndTools = Field(default_factory=ThinkingAndTools)
     acceleration_limit: AccelerationLimit = Field(default_factory=AccelerationLimit)
     fractional_retry_after: bool = Field(
         default=False,

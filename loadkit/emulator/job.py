@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from loadkit.emulator import sse, wire
+from loadkit.emulator import answer, sse, wire
 from loadkit.emulator.cache import PromptCache
 from loadkit.emulator.config import ModelProfile
 from loadkit.emulator.errors import ApiError
@@ -92,6 +92,7 @@ class Job:
         "host",
         "long_context",
         "max_tokens",
+        "pending",
         "plan",
         "prompt_breakpoints",
         "request",
@@ -102,6 +103,7 @@ class Job:
         "served",
         "service_start",
         "speed",
+        "steps",
         "stream",
         "t_first_target",
     )
@@ -139,6 +141,8 @@ class Job:
         self.t_first_target = 0.0
         self.finished = False
         self.served: Served | None = None
+        self.steps: Iterator[tuple[int, bytes]] | None = None  # an answer of several blocks
+        self.pending = (0, b"")  # its next step: (tokens sent with it, chunk)
 
     # scheduling -------------------------------------------------------------------------
     def _at(self, target: float, callback: Callable[[], None]) -> None:
@@ -195,7 +199,38 @@ class Job:
             )
             self._at(end, self._finish_unary)
             return
+        if self.plan.blocks is not None:
+            self.steps = answer.steps(self.plan.blocks, host.tokens_per_delta)
+            self._send_step(next(self.steps))
+            return
         self._send_tokens(1)
+
+    def _send_step(self, step: tuple[int, bytes]) -> None:
+        """Sends one delta of an answer of several blocks (``answer.steps``)."""
+        plan = self.plan
+        tokens, data = step
+        if plan.fault is not None and tokens > plan.fault_at_token:
+            self._fail_midstream()
+            return
+        if self.sent_tokens < plan.text_start <= tokens and self.served is not None:
+            self.served.first_text_ns = time.perf_counter_ns()
+        self.sent_tokens = tokens
+        if tokens >= plan.output_tokens:
+            self.conn.finish_stream(data + wire.closing_chunk(plan, self.speed))
+            self.end("completed")
+            return
+        self.conn.write(data)
+        assert self.steps is not None
+        self.pending = next(self.steps)
+        self._at(self._step_target(), self._step_tick)
+
+    def _step_target(self) -> float:
+        return self.t_first_target + (self.pending[0] - 1) / self.plan.decode_tokens_per_s
+
+    def _step_tick(self) -> None:
+        if self._early(self._step_target(), self._step_tick):
+            return
+        self._send_step(self.pending)
 
     def _send_tokens(self, tokens: int) -> None:
         plan = self.plan
@@ -255,6 +290,11 @@ class Job:
         """The ground truth of this job, as of its first token."""
         plan = self.plan
         queue_ms = (self.service_start - self.request.received) * 1000.0
+        thinking, text, tool_use = (
+            (0, plan.output_tokens, 0)
+            if plan.blocks is None
+            else answer.tokens_by_kind(plan.blocks, plan.output_tokens)
+        )
         return Served(
             request_id=self.request_id,
             model=self.runtime.name,
@@ -268,6 +308,15 @@ class Job:
             first_token_lateness_ms=(now - self.t_first_target) * 1000.0,
             arrived_ns=int(self.request.received * 1e9),
             first_token_ns=int(now * 1e9),
+            # streamed answers of several blocks: set when their first text token is sent
+            first_text_ns=(
+                int((now + (plan.text_start - 1) / plan.decode_tokens_per_s) * 1e9)
+                if plan.text_start and (plan.blocks is None or not self.stream)
+                else 0
+            ),
+            thinking_tokens=thinking,
+            text_tokens=text,
+            tool_use_tokens=tool_use,
         )
 
     def client_gone(self) -> None:

@@ -11,8 +11,10 @@ import random
 from dataclasses import dataclass
 
 from loadkit.distributions import Distribution
+from loadkit.emulator.answer import Block, compose
 from loadkit.emulator.cache import CacheOutcome
-from loadkit.emulator.config import Faults, ModelProfile
+from loadkit.emulator.config import Faults, ModelProfile, ThinkingAndTools
+from loadkit.emulator.content import Features
 
 
 @dataclass(slots=True)
@@ -27,6 +29,9 @@ class Plan:
     decode_tokens_per_s: float
     fault: str | None  # "midstream_error" | "cut" | None
     fault_at_token: int
+    # None: one text block (the plain path); else thinking, text and tool_use blocks
+    blocks: tuple[Block, ...] | None = None
+    text_start: int = 1  # 1-based index of the answer's first text token; 0: no text
 
 
 def draw_fault(rng: random.Random, faults: Faults) -> str | None:
@@ -56,6 +61,8 @@ def draw_plan(
     max_tokens: int,
     fault: str | None,
     context_room: int | None = None,
+    features: Features | None = None,
+    settings: ThinkingAndTools | None = None,
 ) -> Plan:
     ttft_s = (
         profile.ttft_base_ms / 1000.0
@@ -65,6 +72,22 @@ def draw_plan(
     if speed == "fast":
         decode *= _speedup(rng, profile)
     wanted = max(1, output_tokens.sample(rng))
+    if features is not None:
+        assert settings is not None
+        answer = compose(rng, settings, features, wanted, max_tokens, context_room)
+        fault_at = rng.randint(1, max(1, answer.tokens - 1)) if fault else 0
+        return Plan(
+            uncached,
+            cache,
+            answer.tokens,
+            answer.stop_reason,
+            ttft_s,
+            decode,
+            fault,
+            fault_at,
+            answer.blocks,
+            answer.text_start,
+        )
     served_tokens = min(wanted, max_tokens)
     stop_reason = "max_tokens" if wanted >= max_tokens else "end_turn"
     if context_room is not None and served_tokens > context_room:

@@ -112,7 +112,7 @@ def _ttl_is_long(marker: Any, where: str) -> bool:
     return bool(ttl == LONG_TTL)
 
 
-def _block_tokens(block: Any, where: str) -> tuple[int, bytes]:
+def _block_tokens(block: Any, where: str, strip_thinking: bool = False) -> tuple[int, bytes]:
     if not isinstance(block, dict):
         raise invalid(f"{where}: expected an object")
     kind = block.get("type")
@@ -125,19 +125,40 @@ def _block_tokens(block: Any, where: str) -> tuple[int, bytes]:
         return IMAGE_TOKENS, json.dumps(block.get("source"), sort_keys=True).encode()
     if kind in ("tool_use", "tool_result", "thinking", "redacted_thinking", "document"):
         raw = json.dumps(block, sort_keys=True, separators=(",", ":")).encode()
+        if strip_thinking and kind in ("thinking", "redacted_thinking"):
+            return 0, raw
         return (len(raw) + 3) // 4, raw
     raise invalid(f"{where}.type: unsupported content block type {kind!r}")
 
 
-def _feed_content(walker: _Walker, content: Any, where: str) -> None:
+def _feed_content(walker: _Walker, content: Any, where: str, strip_thinking: bool = False) -> None:
     if isinstance(content, str):
         walker.feed(text_tokens(content), content.encode("utf-8"), None, where)
         return
     if not isinstance(content, list):
         raise invalid(f"{where}: expected a string or a list of content blocks")
     for i, block in enumerate(content):
-        tokens, identity = _block_tokens(block, f"{where}.{i}")
+        tokens, identity = _block_tokens(block, f"{where}.{i}", strip_thinking)
         walker.feed(tokens, identity, block, f"{where}.{i}")
+
+
+def _current_turn(messages: list[Any]) -> int:
+    """Where the current assistant turn begins: after the last user message that is not
+    only tool results. Thinking blocks before it are not counted: "previous thinking blocks
+    are automatically stripped from the context window calculation", those of the current
+    turn (a tool use loop) count (context windows page, platform.claude.com/docs/en/
+    build-with-claude/context-windows, "The context window with extended thinking" and
+    "... with extended thinking and tool use", as of 2026-11)."""
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if not isinstance(content, list) or not all(
+            isinstance(block, dict) and block.get("type") == "tool_result" for block in content
+        ):
+            return i + 1
+    return 0
 
 
 def analyse_prompt(body: dict[str, Any], cache_key: bytes | None) -> Prompt:
@@ -164,6 +185,7 @@ def analyse_prompt(body: dict[str, Any], cache_key: bytes | None) -> Prompt:
         raise invalid("messages: Field required")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages: must be a non-empty list")
+    turn = _current_turn(messages)
     for i, message in enumerate(messages):
         where = f"messages.{i}"
         if not isinstance(message, dict):
@@ -176,7 +198,7 @@ def analyse_prompt(body: dict[str, Any], cache_key: bytes | None) -> Prompt:
         walker.tokens += MESSAGE_OVERHEAD
         if walker.hasher is not None:
             walker.hasher.update(b"\x00" + role.encode())
-        _feed_content(walker, message["content"], f"{where}.content")
+        _feed_content(walker, message["content"], f"{where}.content", i < turn)
     automatic = body.get("cache_control")
     if automatic is not None and walker.hasher is not None:
         walker.mark_automatic(automatic)

@@ -13,9 +13,10 @@ import os
 import random
 from typing import Any
 
-from loadkit.emulator import sse, wire
+from loadkit.emulator import answer, sse, wire
 from loadkit.emulator.cache import PromptCache
 from loadkit.emulator.config import EmulatorConfig, config_from_mapping
+from loadkit.emulator.content import Features
 from loadkit.emulator.errors import ApiError
 from loadkit.emulator.http import Connection, HttpSettings, Request
 from loadkit.emulator.job import Job, ModelRuntime
@@ -103,6 +104,7 @@ class Service:
         max_tokens: int,
         prompt: Prompt,
         context_room: int,
+        features: Features | None = None,
     ) -> None:
         """Serves a valid Messages request, already counted as received. ``context_room``:
         the output tokens left in the context window after the prompt."""
@@ -147,6 +149,8 @@ class Service:
             max_tokens,
             fault,
             context_room,
+            features,
+            self.config.thinking_and_tools,
         )
         counters.in_flight += 1
         counters.input_tokens += uncached
@@ -236,8 +240,16 @@ class Service:
         if job.served is None:
             self.log_rejection(job.request_id, job.runtime.name, job.speed, outcome)
         else:
-            job.served.outcome = outcome
-            job.served.output_tokens = job.sent_tokens
+            served = job.served
+            served.outcome = outcome
+            served.output_tokens = job.sent_tokens
+            blocks = job.plan.blocks
+            if blocks is None:
+                served.text_tokens = job.sent_tokens
+            else:
+                served.thinking_tokens, served.text_tokens, served.tool_use_tokens = (
+                    answer.tokens_by_kind(blocks, job.sent_tokens)
+                )
 
     # ground truth -----------------------------------------------------------------------
     def log_rejection(self, request_id: str, model: str, speed: str, outcome: str) -> None:

@@ -88,7 +88,12 @@ class Served:
     first_token_lateness_ms: float | None
     # CLOCK_MONOTONIC in ns (time.perf_counter_ns on Linux), comparable with a local client's.
     arrived_ns: int = 0
-    first_token_ns: int = 0
+    first_token_ns: int = 0  # the first token of any kind (thinking, text or tool input)
+    first_text_ns: int = 0  # the first text token; 0: none (yet)
+    # output_tokens = thinking_tokens + text_tokens + tool_use_tokens (tool input JSON)
+    thinking_tokens: int = 0
+    text_tokens: int = 0
+    tool_use_tokens: int = 0
 
 
 SERVED_FIELDS = tuple(f.name for f in fields(Served))

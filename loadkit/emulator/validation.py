@@ -36,7 +36,7 @@ def model(body: dict[str, Any], models: Mapping[str, ModelRuntime]) -> ModelRunt
     return runtime
 
 
-def _betas(request: Request) -> set[str]:
+def betas(request: Request) -> set[str]:
     raw = request.headers.get("anthropic-beta", "")
     return {part.strip() for part in raw.split(",") if part.strip()}
 
@@ -47,7 +47,7 @@ def speed(body: dict[str, Any], request: Request, runtime: ModelRuntime) -> str:
         return "standard"
     if value != "fast":
         raise invalid("speed: Input should be 'standard' or 'fast'")
-    if FAST_MODE_BETA not in _betas(request):
+    if FAST_MODE_BETA not in betas(request):
         raise invalid(f"speed: fast mode requires the anthropic-beta header '{FAST_MODE_BETA}'")
     if not runtime.profile.fast_supported:
         raise invalid(f"speed: fast mode is not supported for model {runtime.name}")
@@ -61,7 +61,7 @@ def context_window(request: Request, runtime: ModelRuntime) -> int:
     """The model's context window, or its long-context beta's when the request asks."""
     profile = runtime.profile
     beta = profile.long_context_beta_window
-    if beta is not None and LONG_CONTEXT_BETA in _betas(request):
+    if beta is not None and LONG_CONTEXT_BETA in betas(request):
         return beta
     return profile.context_window
 

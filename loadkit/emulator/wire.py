@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from loadkit.emulator import sse
+from loadkit.emulator import answer, sse
 from loadkit.emulator.errors import ApiError
 from loadkit.emulator.http import Connection, chunk
 from loadkit.emulator.limits import Limited
@@ -115,6 +115,8 @@ def message_start_chunk(message_id: str, model: str, plan: Plan, speed: str) -> 
             },
         },
     )
+    if plan.blocks is not None:  # its blocks open as they come (answer.steps)
+        return chunk(start + sse.PING)
     return chunk(start + sse.CONTENT_BLOCK_START + sse.PING)
 
 
@@ -127,6 +129,8 @@ def closing_chunk(plan: Plan, speed: str) -> bytes:
             "usage": usage(plan, speed, plan.output_tokens),
         },
     )
+    if plan.blocks is not None:  # the last step closed its last block
+        return chunk(delta + sse.MESSAGE_STOP)
     return chunk(sse.CONTENT_BLOCK_STOP + delta + sse.MESSAGE_STOP)
 
 
@@ -136,7 +140,11 @@ def message_body(message_id: str, model: str, plan: Plan, speed: str) -> dict[st
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": sse.filler_text(plan.output_tokens)}],
+        "content": (
+            [{"type": "text", "text": sse.filler_text(plan.output_tokens)}]
+            if plan.blocks is None
+            else answer.content(plan.blocks)
+        ),
         "stop_reason": plan.stop_reason,
         "stop_sequence": None,
         "usage": usage(plan, speed, plan.output_tokens),
