@@ -1,12 +1,12 @@
 """Run ``loadkit emulator`` with garbage-collector instrumentation (a benchmark experiment).
 
-Records every collection's pause through ``gc.callbacks`` and prints a summary per
-generation to stderr at exit. With ``--tuned`` it first moves start-up objects out of the
-collector's reach and makes full collections rare::
+Records every collection's pause through ``gc.callbacks``, in wall time and in the thread's
+CPU time (the latter is what the collector itself cost, even when the machine is shared),
+and prints a summary per generation to stderr at exit. ``--thresholds A,B,C`` replaces the
+thresholds ``loadkit.gctune.tune_gc`` sets (it still collects and freezes first)::
 
-    gc.collect(); gc.freeze(); gc.set_threshold(100_000, 50, 1000)
-
-    python bench/emulator_gcwrap.py [--tuned] emulator --port 8000 --config FILE --seed 1
+    python bench/emulator_gcwrap.py [--thresholds 100000,50,1000] emulator --port 8000 \
+        --config FILE --seed 1
 """
 
 from __future__ import annotations
@@ -17,24 +17,28 @@ import sys
 import time
 from typing import Any
 
-_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
-_started = [0.0]
+_pauses: dict[int, list[tuple[float, float]]] = {0: [], 1: [], 2: []}  # (wall, cpu) ms
+_started = [0.0, 0.0]
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
-        _started[0] = time.perf_counter()
+        _started[:] = [time.perf_counter(), time.thread_time()]
     else:
-        _pauses[int(info["generation"])].append((time.perf_counter() - _started[0]) * 1000.0)
+        wall = (time.perf_counter() - _started[0]) * 1000.0
+        cpu = (time.thread_time() - _started[1]) * 1000.0
+        _pauses[int(info["generation"])].append((wall, cpu))
 
 
 def _report() -> None:
     for gen, values in _pauses.items():
         if values:
-            v = sorted(values)
+            wall = sorted(w for w, _ in values)
+            cpu = sorted(c for _, c in values)
             print(
-                f"gc gen{gen}: n={len(v)} p50={v[len(v) // 2]:.2f}ms max={v[-1]:.2f}ms "
-                f"total={sum(v):.0f}ms tracked_objects={len(gc.get_objects())}",
+                f"gc gen{gen}: n={len(values)} wall p50={wall[len(wall) // 2]:.2f} "
+                f"max={wall[-1]:.2f} ms; cpu p50={cpu[len(cpu) // 2]:.2f} max={cpu[-1]:.2f} "
+                f"total={sum(cpu):.0f} ms; tracked_objects={len(gc.get_objects())}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -42,27 +46,28 @@ def _report() -> None:
 
 def main() -> None:
     argv = sys.argv[1:]
-    tuned = "--tuned" in argv
-    if tuned:
-        argv.remove("--tuned")
+    thresholds: tuple[int, ...] | None = None
+    if "--thresholds" in argv:
+        at = argv.index("--thresholds")
+        thresholds = tuple(int(part) for part in argv[at + 1].split(","))
+        del argv[at : at + 2]
     from loadkit.cli import build_parser
     from loadkit.emulator import server
 
-    original = server.run
+    tuned = server.tune_gc
 
-    def run(*args: Any, **kwargs: Any) -> None:
-        if tuned:
-            gc.collect()
-            gc.freeze()
-            gc.set_threshold(100_000, 50, 1000)
+    def tune() -> None:
+        tuned()
+        if thresholds is not None:
+            gc.set_threshold(*thresholds)
         print(
-            f"gc: tracked={len(gc.get_objects())} frozen={gc.get_freeze_count()}",
+            f"gc: thresholds={gc.get_threshold()} tracked={len(gc.get_objects())} "
+            f"frozen={gc.get_freeze_count()}",
             file=sys.stderr,
             flush=True,
         )
-        original(*args, **kwargs)
 
-    server.run = run  # the CLI looks it up at call time
+    server.tune_gc = tune  # run() looks it up at call time
     gc.callbacks.append(_on_gc)
     atexit.register(_report)
     parsed = build_parser().parse_args(argv)

@@ -22,6 +22,9 @@ SKETCHES = (
     "itl_ms",
     "queue_ms",
     "schedule_ttft_ms",
+    # content mode (conversations, tools, thinking): first text token; tool_result turns
+    "ttft_text_ms",
+    "tool_round_trip_ms",
     # split by how a request was served (``ResultRecord.served_as_asked``): at the speed
     # asked for, or fallen back to another
     "ttft_ms_as_asked",
@@ -64,6 +67,23 @@ def attempt_outcome(status: int) -> str:
     if status == 0:
         return Outcome.CONNECTION_ERROR.value
     return Outcome.OK.value
+
+
+def add_content(group: Group, record: ResultRecord) -> None:
+    """A request whose answer was rebuilt (content mode): its output tokens by kind, its tool
+    calls, its first text token and, for a tool_result turn, the tool round trip."""
+    totals = group.totals
+    totals["content_requests"] += 1
+    totals["thinking_tokens"] += record.thinking_tokens
+    totals["text_tokens"] += record.text_tokens
+    totals["tool_use_tokens"] += record.tool_use_tokens
+    totals["tool_calls"] += record.tool_calls
+    ttft_text = record.ttft_text_ms
+    if ttft_text is not None:
+        group.sketches["ttft_text_ms"].add(ttft_text)
+    round_trip = record.tool_round_trip_ms
+    if round_trip is not None:
+        group.sketches["tool_round_trip_ms"].add(round_trip)
 
 
 @dataclass
@@ -128,6 +148,8 @@ class Group:
         totals["fallbacks"] += record.fell_back
         totals["cache_tokens_lost"] += record.cache_tokens_lost
         self.cost_usd += record.cost_usd
+        if record.parsed_content:
+            add_content(self, record)
         self.outcomes[record.outcome.value] += 1
         if record.outcome is not Outcome.OK:
             self.errors[f"{record.outcome.value}: {record.error_type}"] += 1

@@ -24,6 +24,7 @@ import anthropic
 import httpx2
 
 from loadkit.catalog import FAST_MODE_BETA, cost_usd
+from loadkit.content import Answer
 from loadkit.ratelimit_cause import cause_of_429
 from loadkit.record import Attempt, Outcome, ResultRecord
 from loadkit.transport import LeanTransport
@@ -73,6 +74,12 @@ class RequestSpec:
     output_target: int = 0  # output tokens asked for in the prompt (0: none asked)
     session_id: str = ""  # the conversation (or trace session) it belongs to
     turn: int = 0  # its turn in that conversation, from 1 (0: not part of one)
+    thinking_budget: int = 0  # extended thinking's budget_tokens (0: no thinking)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    # content mode: the client rebuilds the answer's blocks into it (loadkit.content)
+    answer: Answer | None = None
+    t_tool_call_end: int = 0  # a tool_result turn: when the answer asking for it ended
 
 
 class RequestCancelled(BaseException):
@@ -326,6 +333,7 @@ class StreamingClient:
                 output_target=spec.output_target,
                 session_id=spec.session_id,
                 turn=spec.turn,
+                t_tool_call_end=spec.t_tool_call_end,
             )
         else:
             record.restart()
@@ -362,6 +370,12 @@ class StreamingClient:
             kwargs["stop_sequences"] = spec.stop_sequences
         if spec.temperature is not None:
             kwargs["extra_body"] = {"temperature": spec.temperature}
+        if spec.thinking_budget:
+            kwargs["thinking"] = {"type": "enabled", "budget_tokens": spec.thinking_budget}
+        if spec.tools is not None:
+            kwargs["tools"] = spec.tools
+        if spec.tool_choice is not None:
+            kwargs["tool_choice"] = spec.tool_choice
         if spec.speed == "fast":
             kwargs["betas"] = [FAST_MODE_BETA]
             kwargs["speed"] = "fast"
@@ -385,11 +399,21 @@ class StreamingClient:
                 record.t_headers = record.attempts[-1].t_headers if record.attempts else _now()
                 chunks = http_response.iter_bytes() if encoded else http_response.iter_raw()
                 reads = ((_now(), chunk) for chunk in chunks)
-            self._read_events(reads, record)
+            answer = spec.answer
+            if answer is not None:
+                answer.clear()
+            try:
+                self._read_events(reads, record, answer)
+            finally:
+                if answer is not None:
+                    answer.settle(record)
 
     @staticmethod
-    def _read_events(reads: Iterator[tuple[int, bytes]], record: ResultRecord) -> None:
-        """The hot loop: one timestamp per read, deltas counted, rare events parsed."""
+    def _read_events(
+        reads: Iterator[tuple[int, bytes]], record: ResultRecord, answer: Answer | None = None
+    ) -> None:
+        """The hot loop: one timestamp per read, deltas counted, rare events parsed (in
+        content mode, every content event is handed to ``answer`` as well)."""
         carry = b""
         first = last = 0
         deltas = 0
@@ -405,6 +429,8 @@ class StreamingClient:
                     carry, chunk = chunk[cut:], chunk[:cut]
                     if not chunk:
                         continue
+                if answer is not None:
+                    answer.feed(chunk, now)
                 n = chunk.count(DELTA)
                 if n:
                     if first:

@@ -118,6 +118,12 @@ class PromptFactory:
         chars = max(0, int((tokens - calibration.base_tokens) / calibration.tokens_per_char))
         return self._messages(self._slice(chars), next(self._ids)), self._system[model]
 
+    def user_text(self, model: str, tokens: int) -> str:
+        """A new user message of about ``tokens`` tokens (a conversation's later turns: no
+        system prompt or framing to subtract), tagged so that no two are alike."""
+        chars = max(0, int(tokens / self._calibrations[model].tokens_per_char))
+        return f"[{self._tag}-{next(self._ids)}] {self._slice(chars)}"
+
     def _slice(self, chars: int) -> str:
         corpus = self.corpus
         if chars <= 0:

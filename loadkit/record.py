@@ -77,6 +77,16 @@ class ResultRecord:
     cache_tokens_lost: int = 0  # cache reads the original speed would have had (fallbacks)
     cost_usd: float = 0.0
     bad_usage: str | None = None  # why the server's usage could not be taken
+    # Content mode (RequestSpec.answer set: conversations, tools, thinking): the answer's
+    # blocks were rebuilt, and its output tokens shared out by the characters of each kind.
+    parsed_content: bool = False
+    t_first_text: int = 0  # the first text_delta (t_first_token: the first delta of any kind)
+    thinking_tokens: int = 0
+    text_tokens: int = 0
+    tool_use_tokens: int = 0  # of the tool_use blocks' input JSON
+    tool_calls: int = 0  # complete tool_use blocks in the answer
+    # a tool_result turn: when the answer that asked for the tool ended (its t_end)
+    t_tool_call_end: int = 0
 
     def restart(self) -> None:
         """Forget the previous call's answer before the next call of the same request."""
@@ -90,6 +100,8 @@ class ResultRecord:
         self.cache_read_input_tokens = self.cache_creation_input_tokens = 0
         self.cache_creation_5m_input_tokens = self.cache_creation_1h_input_tokens = 0
         self.bad_usage = None
+        self.t_first_text = self.thinking_tokens = self.text_tokens = 0
+        self.tool_use_tokens = self.tool_calls = 0
 
     @property
     def fallback_delay_ms(self) -> float | None:
@@ -117,6 +129,21 @@ class ResultRecord:
         if not self.t_first_token or not self.t_send:
             return None
         return (self.t_first_token - self.t_send) / 1e6
+
+    @property
+    def ttft_text_ms(self) -> float | None:
+        """Time to the first text token (thinking and tool JSON before it are waited for)."""
+        if not self.t_first_text or not self.t_send:
+            return None
+        return (self.t_first_text - self.t_send) / 1e6
+
+    @property
+    def tool_round_trip_ms(self) -> float | None:
+        """A tool_result turn: from the end of the answer that asked for the tool to this
+        answer's first token (the tool's latency and this request's TTFT included)."""
+        if not self.t_tool_call_end or not self.t_first_token:
+            return None
+        return (self.t_first_token - self.t_tool_call_end) / 1e6
 
     @property
     def e2e_ms(self) -> float | None:

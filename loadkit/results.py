@@ -40,6 +40,36 @@ class ServedFigures(_Strict):
     e2e_ms: Percentiles
 
 
+class ContentFigures(_Strict):
+    """Requests whose answer was rebuilt (conversations, tools, thinking; ``requests``: those
+    whose stream was read). ``ttft_text_ms``: to the first text token (``ttft_ms`` is to the
+    first token of any kind, thinking included). Output tokens split by kind: ``usage`` does
+    not split them, so each answer's are shared out by the characters of its thinking, text
+    and tool-input JSON. ``tool_round_trip_ms``: tool_result turns, from the end of the answer
+    that called the tool to the first token of the answer to its result (tool latency
+    included)."""
+
+    requests: int
+    ttft_text_ms: Percentiles
+    thinking_tokens: int
+    text_tokens: int
+    tool_use_tokens: int
+    tool_calls: int
+    tool_round_trip_ms: Percentiles
+
+
+class TurnFigures(_Strict):
+    """The requests of one turn index of the conversations (``turn`` from 1; tool_result
+    requests have their own index), over every model x speed. ``cache_read_share``: cache
+    reads over all input tokens (input + cache reads + cache writes)."""
+
+    turn: int
+    requests: int
+    ttft_ms: Percentiles
+    cache_read_share: float | None
+    cost_usd: float
+
+
 class FallbackFigures(_Strict):
     fell_back: int
     fallback_rate: float | None
@@ -92,6 +122,7 @@ class GroupFigures(_Strict):
     itl_ms: Percentiles
     queue_ms: Percentiles
     schedule_ttft_ms: Percentiles
+    content: ContentFigures | None = None  # when answers were rebuilt (content mode)
     requests_per_s: float
     input_tokens: int
     output_tokens: int
@@ -358,6 +389,7 @@ class RunSummary(BaseModel):
     slos: SloSection | None = None
     cost_guard: CostGuardSection | None = None
     over_time: list[TimeWindow] | None = None
+    by_turn: list[TurnFigures] | None = None  # conversations: per turn index
     accounting: AccountingSection | None = None
     validation: ValidationSection | None = None
     influxdb: InfluxSection | None = None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from loadkit.adherence import adherence_figures, adherence_lines
+from loadkit.agentic_summary import by_turn, content_figures, content_lines
 from loadkit.aggregate import SERVED, Aggregate, Group, combine
 from loadkit.dataset_table import dataset_lines
 from loadkit.fallback import FallbackSettings
@@ -99,6 +100,7 @@ def group_figures(group: Group, elapsed_s: float) -> dict[str, Any]:
             "p50": _q(group, "schedule_ttft_ms", 0.5),
             "p99": _q(group, "schedule_ttft_ms", 0.99),
         },
+        **({"content": content} if (content := content_figures(group)) else {}),
         "requests_per_s": round(requests / elapsed_s, 3),
         "input_tokens": totals["input_tokens"],
         "output_tokens": totals["output_tokens"],
@@ -178,6 +180,9 @@ def build_summary(
     by_dataset = dataset_figures(aggregate, datasets)
     if by_dataset:
         summary = summary.model_copy(update={"by_dataset": by_dataset})
+    turns = by_turn(aggregate)
+    if turns is not None:
+        summary = summary.model_copy(update={"by_turn": turns})
     if fallback is None:
         return summary
     policy = PolicySection(
@@ -319,6 +324,7 @@ def format_table(summary: RunSummary) -> str:
         )
     if summary.policy is not None and summary.policy.policy != "none":
         lines.extend(format_fallback(summary, summary.policy))
+    lines.extend(content_lines(summary))
     lines.extend(dataset_lines(summary))
     lines.extend(adherence_lines(summary))
     return "\n".join(lines)

@@ -13,7 +13,16 @@ Bounds (every number must also be finite: ``.inf`` and ``.nan`` are refused):
 - ``prompt_tokens`` and ``max_tokens`` distributions that can draw any size (``normal`` and
   ``lognormal`` without ``max``) must be given a ``max``;
 - weights at most ``MAX_WEIGHT`` (10^9), ``fallback.max_wait_s`` at most
-  ``MAX_FALLBACK_WAIT_S`` (3600), and the distributions' own bounds (``loadkit.distributions``).
+  ``MAX_FALLBACK_WAIT_S`` (3600), and the distributions' own bounds (``loadkit.distributions``);
+- ``conversation``: ``turns`` from 1 to ``MAX_TURNS`` (1,000), ``think_time_ms`` and
+  ``tools.latency_ms`` at most ``MAX_WAIT_MS`` (1 hour), and the longest conversation
+  (system prefix, first prompt, every turn's user message and answer, tool results) within
+  ``MAX_CONTEXT_TOKENS``;
+- ``thinking.budget_tokens`` at least 1,024 and below every ``max_tokens`` the workload can
+  draw, not with ``temperature`` (extended thinking page, "Feature compatibility", as of
+  2026-11), and with ``tools`` only under ``tool_choice`` auto or none;
+- ``tools``: names ``^[a-zA-Z0-9_-]{1,64}$``, unique; ``input_schema`` of type object; a
+  ``tool_choice`` of type tool names one of them; ``max_calls_per_turn`` at most 100.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from loadkit.datasets import DatasetError, DatasetSource, check_sources, load_so
 from loadkit.distributions import MAX_WEIGHT, Distribution, Fixed
 from loadkit.fallback import FallbackSettings
 from loadkit.slo import SLOError, parse_slo
+from loadkit.toolsets import PRESETS, TOOL_RESULT_TOKENS
 from loadkit.yamlfiles import describe_validation_error, read_yaml
 
 Speed = Literal["standard", "fast"]
@@ -90,6 +100,122 @@ class SystemPrefix(_Strict):
     tokens: int = Field(ge=1, le=MAX_CONTEXT_TOKENS)
     cache: bool = True
     ttl: Literal["5m", "1h"] = "5m"
+
+
+MAX_TURNS = 1000
+MAX_WAIT_MS = 3_600_000
+MAX_TOOL_CALLS_PER_TURN = 100
+MIN_THINKING_BUDGET = 1024
+
+
+def _no_fixed_zero() -> Distribution:
+    return Fixed(value=0)
+
+
+class Conversation(_Strict):
+    """Multi-turn sessions: each user holds one conversation of ``turns`` user messages."""
+
+    turns: Distribution
+    think_time_ms: Distribution = Field(default_factory=_no_fixed_zero)
+    user_tokens: Distribution = Field(default_factory=lambda: Fixed(value=200))
+    cache: bool = True  # a cache_control breakpoint on the growing conversation
+
+    @field_validator("turns")
+    @classmethod
+    def _turns(cls, dist: Distribution) -> Distribution:
+        if dist.lowest < 1:
+            raise ValueError(f"can draw {dist.lowest} turns; a conversation has at least 1")
+        return _bounded(dist, MAX_TURNS, "turns of one conversation")  # type: ignore[return-value]
+
+    @field_validator("think_time_ms")
+    @classmethod
+    def _think(cls, dist: Distribution) -> Distribution:
+        return _bounded(dist, MAX_WAIT_MS, "an hour, in ms")  # type: ignore[return-value]
+
+    @field_validator("user_tokens")
+    @classmethod
+    def _user(cls, dist: Distribution) -> Distribution:
+        return _bounded(dist, MAX_CONTEXT_TOKENS, "the largest context window, in tokens")  # type: ignore[return-value]
+
+
+class Thinking(_Strict):
+    """Extended thinking on every request: ``thinking: {type: enabled, budget_tokens: N}``."""
+
+    budget_tokens: int = Field(ge=MIN_THINKING_BUDGET, le=MAX_OUTPUT_TOKENS)
+
+
+class ToolDefinition(_Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str = ""
+    input_schema: dict[str, Any]
+
+    @field_validator("input_schema")
+    @classmethod
+    def _object(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        if schema.get("type") != "object":
+            raise ValueError('must be a JSON Schema of "type": "object"')
+        return schema
+
+
+class ToolChoice(_Strict):
+    type: Literal["auto", "any", "tool", "none"] = "auto"
+    name: str | None = None
+    disable_parallel_tool_use: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: Any) -> Any:
+        return {"type": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _named(self) -> ToolChoice:
+        if (self.type == "tool") != (self.name is not None):
+            raise ValueError("a name is given with type tool, and only then")
+        return self
+
+    def param(self) -> dict[str, Any]:
+        """As the API takes it."""
+        out: dict[str, Any] = {"type": self.type}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.disable_parallel_tool_use:
+            out["disable_parallel_tool_use"] = True
+        return out
+
+
+class Tools(_Strict):
+    """Tools offered on every request; a ``tool_use`` answer is followed by a ``tool_result``
+    after the simulated tool's ``latency_ms``."""
+
+    definitions: list[ToolDefinition] = Field(default_factory=list)
+    preset: Literal["agent"] | None = None  # loadkit.toolsets.PRESETS
+    tool_choice: ToolChoice = Field(default_factory=ToolChoice)
+    latency_ms: Distribution = Field(default_factory=_no_fixed_zero)
+    # tool round trips after one user message before the conversation moves on
+    max_calls_per_turn: int = Field(default=8, ge=1, le=MAX_TOOL_CALLS_PER_TURN)
+
+    @field_validator("latency_ms")
+    @classmethod
+    def _latency(cls, dist: Distribution) -> Distribution:
+        return _bounded(dist, MAX_WAIT_MS, "an hour, in ms")  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _check(self) -> Tools:
+        if bool(self.definitions) == (self.preset is not None):
+            raise ValueError("give either definitions or a preset (one of: agent)")
+        names = [tool["name"] for tool in self.params()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tool names must be unique: {names}")
+        choice = self.tool_choice
+        if choice.type == "tool" and choice.name not in names:
+            raise ValueError(f"tool_choice names {choice.name!r}, not one of the tools {names}")
+        return self
+
+    def params(self) -> list[dict[str, Any]]:
+        """The definitions as the API takes them."""
+        if self.preset is not None:
+            return [dict(tool) for tool in PRESETS[self.preset]]
+        return [t.model_dump(exclude_defaults=False) for t in self.definitions]
 
 
 class BoundedFallbackSettings(FallbackSettings):
@@ -180,6 +306,9 @@ class Workload(_TokenBounds):
     stop_sequences: list[str] = Field(default_factory=list)
     fallback: BoundedFallbackSettings = Field(default_factory=BoundedFallbackSettings)
     slos: list[str] = Field(default_factory=list, description="SLO expressions (see loadkit.slo)")
+    conversation: Conversation | None = None
+    thinking: Thinking | None = None
+    tools: Tools | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Workload:
@@ -205,7 +334,54 @@ class Workload(_TokenBounds):
                     f"+ max_tokens up to {dist.highest}); the largest context window holds "
                     f"{MAX_CONTEXT_TOKENS}"
                 )
+        self._check_thinking()
+        self._check_conversation(prefix)
         return self
+
+    def _check_thinking(self) -> None:
+        thinking = self.thinking
+        if thinking is None:
+            return
+        if self.temperature is not None:
+            raise ValueError("thinking: extended thinking does not take a temperature; remove it")
+        if self.tools is not None and self.tools.tool_choice.type in ("any", "tool"):
+            raise ValueError(
+                f"thinking: extended thinking allows tool_choice auto or none, not "
+                f"{self.tools.tool_choice.type}"
+            )
+        for i, mix in enumerate(self.models):
+            lowest = (mix.max_tokens or self.max_tokens).lowest
+            if thinking.budget_tokens >= lowest:
+                raise ValueError(
+                    f"thinking.budget_tokens ({thinking.budget_tokens}) must be below max_tokens, "
+                    f"and models.{i} can draw max_tokens {lowest}"
+                )
+
+    def _check_conversation(self, prefix: int) -> None:
+        conversation = self.conversation
+        if conversation is None:
+            return
+        turns = conversation.turns.highest or 1
+        calls = self.tools.max_calls_per_turn if self.tools is not None else 0
+        user = conversation.user_tokens.highest or 0
+        for i, mix in enumerate(self.models):
+            answer = (mix.max_tokens or self.max_tokens).highest or 0
+            first = (mix.prompt_tokens or self.prompt_tokens).highest or 0
+            # every answer at its largest, each tool call answered by a tool_result
+            largest = (
+                prefix
+                + first
+                + (turns - 1) * user
+                + turns * answer
+                + turns * calls * (answer + TOOL_RESULT_TOKENS)
+            )
+            if largest > MAX_CONTEXT_TOKENS:
+                raise ValueError(
+                    f"conversation: models.{i}'s longest conversation reaches {largest} tokens "
+                    f"({turns} turns of up to {user} user tokens and {answer} answer tokens, "
+                    f"{calls} tool calls per turn); the largest context window holds "
+                    f"{MAX_CONTEXT_TOKENS}: fewer turns or smaller sizes"
+                )
 
 
 class WorkloadError(ValueError):

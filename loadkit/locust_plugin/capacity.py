@@ -153,10 +153,11 @@ def prepare_process(run: Run, run_plan: RunPlan) -> None:
 
 
 def slices_for(settings: Settings | None, record: ResultRecord) -> list[Slice]:
+    # a conversation's requests, by turn index (summary's by_turn)
+    out: list[Slice] = [("turn", record.turn)] if record.turn else []
     if settings is None:
-        return []
+        return out
     started = ((record.t_intended or record.t_send or record.t_end) + WALL_OFFSET_NS) / 1e9
-    out: list[Slice] = []
     if settings.plan is not None:
         step = settings.plan.step_at(started - settings.sweep_start_wall)
         if step is not None:

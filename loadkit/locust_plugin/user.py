@@ -1,8 +1,10 @@
 """The Locust user: streaming Messages requests drawn from the workload.
 
-Closed loop (the default): one request after another. Open loop (``--arrival-rate``): each
-user starts its share of the total rate on schedule, each request in its own greenlet, up to
-its share of the in-flight cap; the request's latency counts from its scheduled start.
+Closed loop (the default): one request after another, or, when the workload has a
+``conversation`` (or ``tools``), one conversation after another (``loadkit.conversation``).
+Open loop (``--arrival-rate``): each user starts its share of the total rate on schedule,
+each request in its own greenlet, up to its share of the in-flight cap; the request's latency
+counts from its scheduled start (single requests: conversations are closed loop).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import gevent
 from gevent.pool import Pool
 from locust import User, constant, task
 
+from loadkit import conversation
 from loadkit.arrivals import ArrivalSchedule
 from loadkit.client import RequestCancelled, RequestSpec
 from loadkit.locust_plugin import costguard, openloop
 from loadkit.locust_plugin.reporting import report
 from loadkit.locust_plugin.run import Run, run_of
+from loadkit.record import ResultRecord
 
 
 class LLMUser(User):
@@ -37,8 +41,13 @@ class LLMUser(User):
         if run.policy is None:  # the run could not be prepared; the error was logged
             gevent.sleep(1.0)
             return
+        workload = run.workload
+        assert workload is not None
         if not openloop.open_loop_active(run.capacity):
-            self.send(run.next_spec())
+            if conversation.in_conversations(workload):
+                self.converse(run)
+            else:
+                self.send(conversation.with_agentic(run.next_spec(), workload))
             return
         if run.stopping_at:  # a schedule ended by the run's end is not started again
             gevent.sleep(1.0)
@@ -47,7 +56,23 @@ class LLMUser(User):
         if schedule is not None:
             self.open_loop(schedule)
 
-    def send(self, spec: RequestSpec) -> None:
+    def converse(self, run: Run) -> None:
+        """One conversation, turn after turn; a failed turn ends it."""
+        assert run.workload is not None and run.prompts is not None and run.sampler is not None
+        rng = random.Random(run.sampler.rng.getrandbits(64))
+        state = conversation.start(run.next_spec(), run.workload, run.prompts, rng)
+        while (step := state.next_step()) is not None:
+            if step.wait_s > 0:
+                gevent.sleep(step.wait_s)
+            if run.stopping_at:  # the run is ending: no new turn
+                return
+            record = self.send(step.spec)
+            if record is None:  # the cost guard refused it
+                return
+            state.take(record, step.spec.answer)
+
+    def send(self, spec: RequestSpec) -> ResultRecord | None:
+        """Send, account and report ``spec``; its record (None: the cost guard refused it)."""
         run = self.loadkit_run
         policy = run.policy
         assert policy is not None
@@ -55,7 +80,7 @@ class LLMUser(User):
         if estimate is None:  # the cost guard: this request could pass the cap
             costguard.stop_for_budget(run)
             gevent.sleep(1.0)
-            return
+            return None
         run.in_flight.started(spec.model, spec.speed)
         try:
             record = policy.send(spec)
@@ -67,11 +92,12 @@ class LLMUser(User):
             run.in_flight.ended(spec.model, spec.speed)
         costguard.settle(run.capacity, estimate, record)
         report(run, record)
+        return record
 
     def open_loop(self, schedule: ArrivalSchedule) -> None:
         run = self.loadkit_run
         settings = run.capacity
-        assert settings is not None
+        assert settings is not None and run.workload is not None
         pool = Pool(settings.in_flight_per_user)
         counts = run.aggregate
         due: int | None = None  # the next start, taken from the schedule and not yet made
@@ -92,7 +118,7 @@ class LLMUser(User):
                 if late_ms > openloop.LATE_START_MS:
                     counts.schedule["late"] += 1
                 counts.start_lateness.add(max(late_ms, 1e-3))
-                spec = run.next_spec()
+                spec = conversation.with_agentic(run.next_spec(), run.workload)
                 spec.t_intended = due
                 pool.spawn(self.send, spec)
                 due = None
