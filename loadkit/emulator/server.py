@@ -26,6 +26,7 @@ from loadkit.emulator.cluster import Cluster, Worker
 from loadkit.emulator.config import EmulatorConfig
 from loadkit.emulator.http import Connection, HttpCounters, HttpSettings
 from loadkit.emulator.looplag import LoopLag
+from loadkit.emulator.ports import bind_reusable
 from loadkit.gctune import tune_gc
 
 
@@ -104,13 +105,7 @@ async def serve(
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` that siblings may bind too (``SO_REUSEPORT``)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
+    sock = bind_reusable(host, port)
     sock.listen(16384)
     sock.setblocking(False)
     return sock

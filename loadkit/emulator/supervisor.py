@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loadkit.emulator.config import EmulatorConfig
+from loadkit.emulator.ports import bind_reusable
 from loadkit.emulator.sharedcache import CacheOwner
 from loadkit.emulator.sharedlimits import SharedBuckets
 
@@ -41,17 +42,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def worker_seed(seed: int | None, index: int) -> int | None:
     """Each worker's seed: distinct, and the same for the same ``--seed``."""
     return None if seed is None else seed * 1000 + index
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)  # bound, never listening: holds the port, takes no connections
-    return sock
 
 
 class Supervisor:
@@ -68,7 +58,8 @@ class Supervisor:
         self.seed = seed
         self.control_token = control_token
         self.processes = processes
-        self.reserved = reserve_port(host, port)
+        # bound, never listening: holds the port, takes no connections
+        self.reserved = bind_reusable(host, port)
         self.host = host
         self.port = int(self.reserved.getsockname()[1])
         self.socket_dir = Path(tempfile.mkdtemp(prefix="loadkit-emulator-"))  # mode 0700
