@@ -66,11 +66,11 @@ class TextBlock(_Strict):
         return self
 
 
-def _content_ok(content: str | list[TextBlock]) -> None:
+def _content_ok(content: str | list[TextBlock], field: str) -> None:
     if isinstance(content, str) and not content.strip():
-        raise ValueError("content must hold more than white space")
+        raise ValueError(f"{field}: must hold more than white space")
     if isinstance(content, list) and not content:
-        raise ValueError("content must hold at least one block")
+        raise ValueError(f"{field}: must hold at least one block")
 
 
 class Message(_Strict):
@@ -79,7 +79,7 @@ class Message(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Message:
-        _content_ok(self.content)
+        _content_ok(self.content, "content")
         return self
 
 
@@ -101,7 +101,7 @@ class Prompt(_Strict):
         if self.messages[-1].role != "user":
             raise ValueError("messages: the last message must be the user's (it is answered)")
         if self.system is not None:
-            _content_ok(self.system)
+            _content_ok(self.system, "system")
         return self
 
     def request_messages(self) -> list[dict[str, Any]]:
@@ -222,11 +222,23 @@ def _parse_line(line: str, path: Path, number: int) -> Prompt:
     try:
         return Prompt.model_validate(data)
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        more = f" (and {err.error_count() - 1} more problem(s))" if err.error_count() > 1 else ""
-        raise DatasetError(f"{where}: {field + ': ' if field else ''}{message}{more}") from None
+        raise DatasetError(f"{where}: {_describe(err)}") from None
+
+
+def _describe(err: ValidationError) -> str:
+    """The deepest problem (with content a string or blocks, the one of the form given),
+    its field path without pydantic's union tags."""
+    errors = err.errors()
+    first = max(errors, key=lambda e: len(e["loc"]))
+    parts = [str(p) for p in first["loc"] if isinstance(p, int) or not _is_tag(p)]
+    field = ".".join(parts)
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{field + ': ' if field else ''}{message}{more}"
+
+
+def _is_tag(part: str) -> bool:
+    return part == "str" or "[" in part
 
 
 def load_sources(

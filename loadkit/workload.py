@@ -288,7 +288,7 @@ def _check_datasets_and_targets(workload: Workload) -> None:
         if target.highest > cap:
             raise ValueError(
                 f"{where}: can draw {target.highest}, above the max_tokens models.{i} can draw "
-                f"({cap}): max_tokens is the cap, so a target must stay below its lowest draw"
+                f"({cap}): max_tokens is the cap: a target may not exceed its lowest draw"
             )
 
 
