@@ -20,14 +20,13 @@ from __future__ import annotations
 import logging
 import math
 import re
-import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from loadkit.record import ResultRecord
+from loadkit.sinks.background import BackgroundWriter
 
 log = logging.getLogger("loadkit.influxdb")
 
@@ -183,23 +182,21 @@ class InfluxSink:
             timeout=int(settings.timeout_s * 1000),
         )
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
-        self._buffer: deque[ResultRecord | str] = deque()
-        self._wake = threading.Event()
-        self._stopping = False
-        self._closed = False
+        self._writer: BackgroundWriter[ResultRecord | str] = BackgroundWriter(
+            "loadkit-influxdb", self._run
+        )
         self._drop_logged = 0.0
         self._line_file = (
             open(settings.line_file, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
             if settings.line_file
             else None
         )
-        self._thread = threading.Thread(target=self._run, name="loadkit-influxdb", daemon=True)
-        self._thread.start()
+        self._writer.start()
 
     # the hot path -------------------------------------------------------------------------
     def add(self, item: ResultRecord | str) -> None:
         """Queue a record (or a ready line). Never blocks, never raises."""
-        buffer = self._buffer
+        buffer = self._writer.buffer
         if len(buffer) >= self.settings.max_buffered:
             self.stats.dropped += 1
             now = time.monotonic()
@@ -213,7 +210,7 @@ class InfluxSink:
             return
         buffer.append(item)
         if len(buffer) >= self.settings.batch_size:
-            self._wake.set()
+            self._writer.wake.set()
 
     # the writer -----------------------------------------------------------------------------
     def _lines(self, items: Iterable[ResultRecord | str]) -> list[str]:
@@ -231,7 +228,7 @@ class InfluxSink:
 
     def _write_batch(self) -> bool:
         """Write up to one batch; True if the buffer had something and it was written."""
-        buffer = self._buffer
+        buffer = self._writer.buffer
         count = min(len(buffer), self.settings.batch_size)
         if not count:
             return False
@@ -280,11 +277,14 @@ class InfluxSink:
             if backoff:
                 time.sleep(backoff)
             else:
-                self._wake.wait(self.settings.flush_interval_s)
-                self._wake.clear()
+                self._writer.wake.wait(self.settings.flush_interval_s)
+                self._writer.wake.clear()
             try:
                 while self._write_batch():
-                    if len(self._buffer) < self.settings.batch_size and not self._stopping:
+                    if (
+                        len(self._writer.buffer) < self.settings.batch_size
+                        and not self._writer.stopping
+                    ):
                         break
                 backoff = 0.0
             except Exception as err:  # any transport or server error: keep the batch, retry
@@ -293,22 +293,17 @@ class InfluxSink:
                 log.warning(
                     "InfluxDB write failed (%s); %d points buffered, retrying in %.1f s",
                     type(err).__name__,
-                    len(self._buffer),
+                    len(self._writer.buffer),
                     backoff,
                 )
-            if self._stopping and (not self._buffer or self._closed):
+            if self._writer.stopping and (not self._writer.buffer or self._writer.closed):
                 return
 
     def close(self, timeout_s: float = 15.0) -> SinkStats:
         """Flush what is buffered (for at most ``timeout_s``), then stop; leftovers are dropped."""
-        self._stopping = True
-        self._wake.set()
-        self._thread.join(timeout_s)
-        self._closed = True
-        left = len(self._buffer)
+        left = self._writer.stop(timeout_s)
         if left:
             self.stats.dropped += left
-            self._buffer.clear()
             log.error("InfluxDB: %d points could not be written before the deadline", left)
         if self._line_file is not None:
             self._line_file.close()

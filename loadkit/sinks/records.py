@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any
 
 from loadkit.record import Attempt, ResultRecord
+from loadkit.sinks.background import BackgroundWriter
 
 log = logging.getLogger("loadkit.records")
 
@@ -90,21 +89,19 @@ class RecordsWriter:
         self.stats = RecordsStats(path=str(self.path))
         # perf_counter_ns -> Unix ns, measured once per process.
         self.wall_offset_ns = time.time_ns() - time.perf_counter_ns()
-        self._buffer: deque[tuple[ResultRecord, bool]] = deque()
-        self._wake = threading.Event()
-        self._stopping = False
-        self._closed = False
+        self._writer: BackgroundWriter[tuple[ResultRecord, bool]] = BackgroundWriter(
+            "loadkit-records", self._run
+        )
         self._drop_logged = 0.0
         # Opened here, so that a path that cannot be written is said at the start, not lost.
         self._file: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._thread = threading.Thread(target=self._run, name="loadkit-records", daemon=True)
-        self._thread.start()
+        self._writer.start()
 
     # the hot path -------------------------------------------------------------------------
     def add(self, record: ResultRecord, while_stopping: bool = False) -> None:
         """Queue a finished record. Never blocks, never raises."""
-        buffer = self._buffer
-        if self._closed or len(buffer) >= self.max_buffered:
+        buffer = self._writer.buffer
+        if self._writer.closed or len(buffer) >= self.max_buffered:
             self.stats.dropped += 1
             now = time.monotonic()
             if now - self._drop_logged > 5:
@@ -117,7 +114,7 @@ class RecordsWriter:
             return
         buffer.append((record, while_stopping))
         if len(buffer) >= self.batch_size:
-            self._wake.set()
+            self._writer.wake.set()
 
     # the writer -----------------------------------------------------------------------------
     def _line(self, record: ResultRecord, while_stopping: bool) -> str:
@@ -130,7 +127,7 @@ class RecordsWriter:
 
     def _write_batch(self) -> bool:
         """Write up to one batch; True if the buffer had something."""
-        buffer = self._buffer
+        buffer = self._writer.buffer
         count = min(len(buffer), self.batch_size)
         if not count:
             return False
@@ -144,30 +141,25 @@ class RecordsWriter:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.flush_interval_s)
-            self._wake.clear()
+            self._writer.wake.wait(self.flush_interval_s)
+            self._writer.wake.clear()
             try:
                 while self._write_batch():
-                    if len(self._buffer) < self.batch_size and not self._stopping:
+                    if len(self._writer.buffer) < self.batch_size and not self._writer.stopping:
                         break
             except (OSError, ValueError, IndexError) as err:  # a full disk, a closed file
                 self.stats.error = f"{type(err).__name__}: {err}"
                 log.error("records: cannot write %s (%s)", self.path, self.stats.error)
                 return
-            if self._stopping and not self._buffer:
+            if self._writer.stopping and not self._writer.buffer:
                 return
 
     def close(self, timeout_s: float = 15.0) -> RecordsStats:
         """Write what is buffered (for at most ``timeout_s``), then stop; what is left is
         counted as dropped."""
-        self._stopping = True
-        self._wake.set()
-        self._thread.join(timeout_s)
-        self._closed = True
-        left = len(self._buffer)
+        left = self._writer.stop(timeout_s)
         if left:
             self.stats.dropped += left
-            self._buffer.clear()
             log.error("records: %d records could not be written to %s", left, self.path)
         self._file.close()
         return self.stats
