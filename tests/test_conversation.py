@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from loadkit import conversation
+from loadkit.aggregate import Aggregate
 from loadkit.client import RequestSpec
 from loadkit.content import Answer
 from loadkit.prompts import PromptFactory
 from loadkit.record import Outcome, ResultRecord
+from loadkit.summary import group_figures
 from loadkit.workload import WorkloadError, parse_workload
 
 MODEL = "claude-sonnet-4-5"
@@ -257,3 +259,32 @@ def test_schema_errors_name_the_problem(extra: dict[str, Any], message: str) -> 
     with pytest.raises(WorkloadError, match="invalid workload test") as caught:
         _workload(**extra)
     assert message in str(caught.value)
+
+
+def test_content_and_turn_figures_merge_across_workers() -> None:
+    """Two workers' aggregates, sent as wire data, merge into the figures one process would
+    have computed from all the records (totals added, sketches merged, turn slices kept)."""
+
+    def record(turn: int, thinking: int, first_text_ms: int, round_trip_ms: int) -> ResultRecord:
+        r = ResultRecord(MODEL, "standard", "t", 0, 2048, turn=turn, session_id="s")
+        r.t_send, r.t_first_token, r.t_end = 1_000_000_000, 1_050_000_000, 1_900_000_000
+        r.t_first_text = r.t_send + first_text_ms * 1_000_000
+        r.t_tool_call_end = r.t_first_token - round_trip_ms * 1_000_000 if round_trip_ms else 0
+        r.parsed_content, r.output_tokens = True, thinking + 20
+        r.thinking_tokens, r.text_tokens, r.tool_calls = thinking, 20, turn % 2
+        r.input_tokens, r.cache_read_input_tokens = 100, 1000 * turn
+        return r
+
+    records = [record(turn, 50 * turn, 100 + 10 * turn, 30 * (turn - 1)) for turn in (1, 2, 3)]
+    workers, alone = [Aggregate(), Aggregate()], Aggregate()
+    for i, r in enumerate(records):
+        workers[i % 2].add(r, slices=[("turn", r.turn)])
+        alone.add(r, slices=[("turn", r.turn)])
+    master = Aggregate()
+    for worker in workers:
+        master.merge_wire(worker.take_wire())
+    merged = group_figures(master.total(), 1.0)["content"]
+    assert merged == group_figures(alone.total(), 1.0)["content"]
+    assert merged["thinking_tokens"] == 300 and merged["tool_calls"] == 2
+    assert merged["tool_round_trip_ms"]["p50"] == pytest.approx(30, rel=0.02)
+    assert sorted(master.slices("turn")) == [1, 2, 3]
