@@ -227,11 +227,16 @@ class StreamingClient:
             local.send(RequestSpec("claude-opus-4-6", speed, 1, messages), max_retries=0)
         local.close()
 
-    def count_tokens(self, model: str, messages: list[dict[str, Any]], system: Any) -> int:
+    def count_tokens(
+        self, model: str, messages: list[dict[str, Any]], system: Any, retries: int = 0
+    ) -> int:
+        """``usage.input_tokens`` of a request, from the target's count_tokens endpoint;
+        ``retries``: the SDK's own (429s wait out retry-after), for long series of counts."""
         kwargs: dict[str, Any] = {"model": model, "messages": messages}
         if system is not None:
             kwargs["system"] = system
-        return self.sdk.messages.count_tokens(**kwargs).input_tokens
+        sdk = self.sdk.with_options(max_retries=retries) if retries else self.sdk
+        return sdk.messages.count_tokens(**kwargs).input_tokens
 
     # attempts, seen through httpx's hooks ---------------------------------------------------
     @staticmethod

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 import loadkit
 
-MAX_PROMPTS = 2000
+MAX_PROMPTS = 1000
 MAX_FILE_BYTES = 8 << 20
 MAX_WEIGHT = 1e9
 

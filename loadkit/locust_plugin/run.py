@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -27,7 +28,14 @@ from loadkit.locust_plugin.workers import InFlight, Workers
 from loadkit.output_target import instruct
 from loadkit.prompts import PromptFactory
 from loadkit.results import RunSummary
-from loadkit.workload import Sampler, Workload, WorkloadError, load_workload, parse_workload
+from loadkit.workload import (
+    MAX_CONTEXT_TOKENS,
+    Sampler,
+    Workload,
+    WorkloadError,
+    load_workload,
+    parse_workload,
+)
 
 if TYPE_CHECKING:
     from loadkit.sinks.influxdb import InfluxSink
@@ -35,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("loadkit")
 EMULATOR_KEY = "loadkit-emulator-key"
 PLAN_KEY = "loadkit_plan"  # the one parsed_options attribute the master sends its workers
+COUNT_RETRIES = 10  # count_tokens sizing a dataset: the SDK's retries (429s, 5xx)
 
 
 def resolve_path(path: str) -> Path:
@@ -274,12 +283,30 @@ class Run:
 def dataset_picker(
     workload: Workload, client: StreamingClient, prompts: PromptFactory, seed: int
 ) -> DatasetPicker:
-    """The workload's datasets, each distinct prompt counted once per model of the mix."""
+    """The workload's datasets, each distinct prompt counted once per model of the mix (on
+    the real API count_tokens has its own requests-per-minute limit: 429s are waited out)."""
     models = sorted({m.model for m in workload.models if m.weight > 0})
+    started = time.monotonic()
+
+    def count(model: str, messages: list[dict[str, Any]], system: Any) -> int:
+        return client.count_tokens(model, messages, system, retries=COUNT_RETRIES)
+
     picker = DatasetPicker(
-        workload.datasets, models, client.count_tokens, prompts.system, random.Random(seed + 1)
+        workload.datasets, models, count, prompts.system, random.Random(seed + 1)
     )
-    log.info("loadkit: datasets sized with %d count_tokens calls", picker.counted)
+    log.info(
+        "loadkit: datasets sized with %d count_tokens calls in %.1f s",
+        picker.counted,
+        time.monotonic() - started,
+    )
+    for mix in workload.models:
+        largest = picker.largest(mix.model) + ((mix.max_tokens or workload.max_tokens).highest or 0)
+        if largest > MAX_CONTEXT_TOKENS:
+            raise WorkloadError(
+                f"datasets: a prompt of {picker.largest(mix.model)} tokens with max_tokens "
+                f"makes a request of {largest} tokens for {mix.model}; the largest context "
+                f"window holds {MAX_CONTEXT_TOKENS}"
+            )
     return picker
 
 
