@@ -4,8 +4,8 @@ adherence figures of a real run, checked against its per-request records."""
 from __future__ import annotations
 
 import copy
-import re
 import json
+import re
 from pathlib import Path
 from typing import Any
 
