@@ -67,6 +67,22 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace(args: argparse.Namespace) -> int:
+    from loadkit.trace import TraceError, load_trace
+    from loadkit.trace_records import trace_from_records, write_trace
+
+    try:
+        lines, skipped = trace_from_records(args.records)
+        write_trace(lines, args.output)
+        load_trace(args.output, "loadkit")  # what was written replays
+    except (TraceError, OSError) as err:
+        print(f"loadkit trace: {err}", file=sys.stderr)
+        return 2
+    left = f" ({skipped} never started, left out)" if skipped else ""
+    print(f"loadkit trace: {len(lines)} requests written to {args.output}{left}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loadkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-json", default="", help="also write the fit report, as JSON, to this path"
     )
     calibrate.set_defaults(func=_calibrate)
+    trace = commands.add_parser(
+        "trace", help="make a loadkit-format trace (--trace) from a run's --records files"
+    )
+    trace.add_argument(
+        "--from",
+        dest="records",
+        nargs="+",
+        required=True,
+        metavar="RECORDS",
+        help="JSON Lines files written by --records (a distributed run's, every worker's)",
+    )
+    trace.add_argument("-o", "--output", required=True, help="the trace to write (JSON Lines)")
+    trace.set_defaults(func=_trace)
     schema = commands.add_parser("schema", help="print the results' JSON Schema")
     schema.set_defaults(func=_schema)
     return parser

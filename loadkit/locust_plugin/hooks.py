@@ -28,7 +28,16 @@ from loadkit.accounting import EmulatorCounters, Reconciliation, reconcile_lost
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.emulator.launcher import EmulatorProcess, EmulatorStartError
 from loadkit.gctune import tune_gc
-from loadkit.locust_plugin import capacity, costguard, gates, influx, records, targets, webui
+from loadkit.locust_plugin import (
+    capacity,
+    costguard,
+    gates,
+    influx,
+    records,
+    targets,
+    trace_replay,
+    webui,
+)
 from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import add_options, check_options
@@ -77,6 +86,7 @@ def _options(parser: Any, **_: Any) -> None:
     targets.add_options(parser)
     influx.add_options(parser)
     capacity.add_options(parser)
+    trace_replay.add_options(parser)
 
 
 def _fail_run(run: Run, message: str) -> None:
@@ -120,6 +130,7 @@ def _init(environment: Any, runner: Any, web_ui: Any = None, **_: Any) -> None:
     influx.install(environment.events, run)
     records.install(environment.events, run)
     costguard.install(environment.events, run)
+    trace_replay.install(runner, run)
     # SIGTERM is told apart from Ctrl-C by this; Locust's own handler quits the run.
     gevent.signal_handler(signal.SIGTERM, _record_sigterm, run)
     # Ctrl-C: Python raises KeyboardInterrupt in whichever greenlet happens to run, which can
@@ -179,6 +190,7 @@ def _plan_the_run(run: Run) -> RunPlan:
     check_options(options)  # values from the web form skip argparse's checks
     workload = load_workload_option(options.workload)
     run.fallback_settings = fallback_settings(workload, options)
+    trace_replay.prepare_master(run, workload)  # raises TraceError naming the line and field
     target, key_kind, embedded_url = _target(run)
     # (before anything reaches the target: a remote one needs a spending cap)
     started, cost_cap, users = capacity.prepare_master(run, workload.slos, target, key_kind)
@@ -246,6 +258,7 @@ def _test_start(run: Run) -> None:
         return
     try:
         run.prepare(options, plan)
+        trace_replay.prepare_process(run)
     except Exception as err:  # calibration against an unreachable target, a missing key...
         run.close_client()
         _fail_run(run, f"cannot prepare the run: {err}")

@@ -38,6 +38,7 @@ from loadkit.workload import (
 )
 
 if TYPE_CHECKING:
+    from loadkit.locust_plugin.trace_replay import TraceReplay
     from loadkit.sinks.influxdb import InfluxSink
 
 log = logging.getLogger("loadkit")
@@ -179,6 +180,7 @@ class Run:
     refused_at_init: bool = False  # headless: the options were refused before any start
     targets: TargetPolicy | None = None  # master/local: the targets chosen at start
     capacity: Settings | None = None  # open loop, sweep, SLOs, cost guard (capacity.py)
+    trace: TraceReplay | None = None  # --trace: this process's part of the replay
     budget_stopping: bool = False  # the cost guard has stopped the run
     sinks: Sinks = field(default_factory=Sinks)
     recovery: Recovery = field(default_factory=Recovery)

@@ -19,7 +19,7 @@ from locust import User, constant, task
 from loadkit import conversation
 from loadkit.arrivals import ArrivalSchedule
 from loadkit.client import RequestCancelled, RequestSpec
-from loadkit.locust_plugin import costguard, openloop
+from loadkit.locust_plugin import costguard, openloop, trace_replay
 from loadkit.locust_plugin.reporting import report
 from loadkit.locust_plugin.run import Run, run_of
 from loadkit.record import ResultRecord
@@ -40,6 +40,9 @@ class LLMUser(User):
         run = self.loadkit_run
         if run.policy is None:  # the run could not be prepared; the error was logged
             gevent.sleep(1.0)
+            return
+        if run.trace is not None:  # --trace: the trace says what to send, and when
+            trace_replay.replay(self, run)
             return
         workload = run.workload
         assert workload is not None

@@ -38,6 +38,13 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "sweep_step",
             "sweep_step_duration",
             "sweep_stop",
+            "trace",
+            "trace_format",
+            "trace_speedup",
+            "trace_loop",
+            "trace_model",
+            "trace_speed",
+            "trace_block_size",
         ),
     ),
     (
