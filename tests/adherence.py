@@ -36,7 +36,8 @@ def expected(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def check(figures: dict[str, Any] | None, records: list[dict[str, Any]]) -> None:
-    """The summary's adherence figures equal the records' (ratios within the sketch's 1%)."""
+    """The summary's adherence figures equal the records' (ratios within the sketch's 1%,
+    plus the rounding to 3 decimals)."""
     want = expected(records)
     if want is None:
         assert figures is None
@@ -46,4 +47,6 @@ def check(figures: dict[str, Any] | None, records: list[dict[str, Any]]) -> None
     assert figures["within_20pct"] == pytest.approx(want["within_20pct"], abs=1e-4)
     assert figures["at_max_tokens"] == pytest.approx(want["at_max_tokens"], abs=1e-4)
     for name, value in want["ratio"].items():
-        assert figures["ratio"][name] == pytest.approx(value, rel=0.01, abs=1e-3), name
+        # the sketch's 1% relative error, plus the summary's rounding to 3 decimals
+        bound = 0.01 * value + 0.0005
+        assert abs(figures["ratio"][name] - value) <= bound, (name, figures["ratio"], value)

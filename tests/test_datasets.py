@@ -224,7 +224,8 @@ def test_a_master_and_worker_run_sends_the_datasets_prompts(tmp_path: Path) -> N
     path.write_text(yaml.safe_dump(workload))
     with EmulatorProcess(config=EMULATOR, seed=5) as emulator:
         result, summary = run_locust(
-            tmp_path, "-u", "6", "-r", "6", "-t", "3s", "--processes", "1", "--workload",
+            tmp_path, "-u", "6", "-r", "6", "-t", "3s", "--stop-timeout", "5", "--processes", "1",
+            "--workload",
             str(path), "--target-url", emulator.base_url, "--records",
             str(tmp_path / "records.jsonl"), env={"ANTHROPIC_API_KEY": "test-key"},
         )  # fmt: skip
@@ -257,7 +258,8 @@ def test_a_master_and_worker_run_sends_the_datasets_prompts(tmp_path: Path) -> N
             assert r["input_tokens"] > r["prompt_tokens_target"]  # the length instruction
         else:
             assert r["input_tokens"] == r["prompt_tokens_target"]
-    # the emulator billed what the records say
+    # every stream was let finish (--stop-timeout): the emulator billed what the records say
+    assert summary["total"]["cancelled"] == 0
     assert stats["totals"]["input_tokens"] == sum(r["input_tokens"] for r in records)
     # by_dataset: workload order, and the groups add up to the totals
     by_dataset = summary["by_dataset"]
