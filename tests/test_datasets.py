@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from random import Random
 from typing import Any
 
 import anthropic
@@ -13,8 +14,17 @@ import httpx2
 import pytest
 import yaml
 
-from loadkit.datasets import MAX_PROMPTS, dataset_names, read_dataset
+from loadkit.client import StreamingClient
+from loadkit.datasets import (
+    MAX_PROMPTS,
+    DatasetPicker,
+    DatasetSource,
+    Prompt,
+    dataset_names,
+    read_dataset,
+)
 from loadkit.emulator.launcher import EmulatorProcess
+from loadkit.prompts import PromptFactory
 from loadkit.workload import WorkloadError, load_workload, parse_workload
 
 from . import adherence
@@ -278,3 +288,38 @@ def test_a_master_and_worker_run_sends_the_datasets_prompts(tmp_path: Path) -> N
     assert ["support", str(by_dataset[0]["requests"]), str(by_dataset[0]["ok"])] in [
         x[:3] for x in printed
     ]
+
+
+def test_each_distinct_prompt_is_counted_once_per_model_with_the_run_prefix(
+    emulator: EmulatorProcess,
+) -> None:
+    """The picker counts every distinct prompt once per model, with the run's shared system
+    prefix before the prompt's own system; a draw carries that count and that system."""
+    lines = [
+        {"messages": [{"role": "user", "content": "What is a token bucket?"}]},
+        {"messages": [{"role": "user", "content": "What is a token bucket?"}]},  # a repeat
+        {"messages": [{"role": "user", "content": "Hi"}], "system": "Answer like a pirate."},
+    ]
+    sources = [DatasetSource(name="d", prompts=[Prompt.model_validate(x) for x in lines])]
+    models = ["claude-haiku-4-5", "claude-sonnet-4-6"]
+    client = StreamingClient(emulator.base_url, "test-key")
+    prompts = PromptFactory(seed=1, system_prefix_tokens=1200, cache_prefix=True)
+    try:
+        for model in models:
+            prompts.calibrate(model, client.count_tokens)
+        picker = DatasetPicker(sources, models, client.count_tokens, prompts.system, Random(3))
+        assert picker.counted == 2 * len(models)  # the repeat is not counted again
+        seen = set()
+        for _ in range(40):
+            model = models[len(seen) % 2]
+            chosen = picker.draw(model)
+            prefix = prompts.system(model)
+            own = [{"type": "text", "text": "Answer like a pirate."}]
+            pirate = chosen.messages[0]["content"] == "Hi"
+            assert chosen.system == ([*prefix, *own] if pirate else prefix)
+            assert chosen.tokens == client.count_tokens(model, chosen.messages, chosen.system)
+            assert (chosen.dataset, chosen.index) == ("d", 0)
+            seen.add((model, pirate))
+        assert len(seen) == 4
+    finally:
+        client.close()
