@@ -203,14 +203,15 @@ def replay(user: Any, run: Run) -> None:
     the others idle."""
     state = run.trace
     assert state is not None
-    if state.claimed or state.done or state.prompts is None or not state.share():
+    if state.claimed or state.done or state.prompts is None:
         gevent.sleep(1.0)
         return
     state.claimed = True
     origin_ns = time.perf_counter_ns()
     if state.origin_wall:
         origin_ns += int((state.origin_wall - time.time()) * 1e9)
-    if _replay(user, run, state, _schedule(state, origin_ns)):
+    # (a process with no share, when the trace has fewer entries than processes, is done)
+    if not state.share() or _replay(user, run, state, _schedule(state, origin_ns)):
         state.done = True
         _finished(run, state)
 
