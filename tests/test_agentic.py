@@ -121,7 +121,7 @@ def test_agentic_workload_splits_ttft_tokens_and_tool_turns_as_served(tmp_path: 
 
 CONVERSATION: dict[str, Any] = {
     "name": "conversation",
-    "models": [{"model": "claude-sonnet-4-5"}],
+    "models": [{"model": "claude-sonnet-4-6"}],
     "prompt_tokens": {"kind": "fixed", "value": 1500},
     "max_tokens": {"kind": "fixed", "value": 256},
     "conversation": {
@@ -136,7 +136,7 @@ def test_the_cached_share_grows_turn_by_turn(tmp_path: Path) -> None:
     """Prompt caching page ("Caching multi-turn conversations", platform.claude.com/docs/en/
     build-with-claude/prompt-caching, as of 2026-11): with the breakpoint on the last block of
     each request, the previous request's prompt is read from the cache and only the new turn is
-    written; the minimum cacheable prompt of Sonnet 4.5 is 1,024 tokens."""
+    written; the minimum cacheable prompt of Sonnet 4.6 is 1,024 tokens."""
     workload = tmp_path / "conversation.yaml"
     workload.write_text(yaml.safe_dump(CONVERSATION))
     config = tmp_path / "emulator.yaml"
