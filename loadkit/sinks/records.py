@@ -8,7 +8,8 @@ deadline, is counted as dropped and logged, never lost silently.
 
 One line per request: every field of ``ResultRecord`` under its own name (its attempts as a
 list of objects, each with every field of ``Attempt``), the derived metrics (``ttft_ms``,
-``e2e_ms``, ``otps``, ``queue_delay_ms``; null when undefined) ``run_id``, ``process``,
+``e2e_ms``, ``otps``, ``queue_delay_ms``, ``ttft_text_ms``, ``tool_round_trip_ms``; null when
+undefined) ``run_id``, ``process``,
 ``wall_offset_ns`` (add it to a ``t_*`` time, a ``perf_counter_ns`` of the writing process,
 to get Unix ns) and ``ended_while_stopping`` (the request ended after the run began to stop:
 stopping cuts every stream in flight, and the process's work on that delays the reading of
@@ -31,7 +32,7 @@ log = logging.getLogger("loadkit.records")
 
 RECORD_FIELDS = tuple(f.name for f in fields(ResultRecord))
 ATTEMPT_FIELDS = tuple(f.name for f in fields(Attempt))
-DERIVED = ("ttft_ms", "e2e_ms", "otps", "queue_delay_ms")
+DERIVED = ("ttft_ms", "e2e_ms", "otps", "queue_delay_ms", "ttft_text_ms", "tool_round_trip_ms")
 
 
 def record_dict(record: ResultRecord) -> dict[str, Any]:
