@@ -187,6 +187,8 @@ class ConversationState:
             t_intended=0,
             t_tool_call_end=t_tool_call_end,
             prompt_tokens_target=self.context_tokens,
+            # a length instruction is in the first user message only (loadkit.output_target)
+            output_target=0 if self.requests else self.first.output_target,
         )
         return with_agentic(spec, self.workload)
 

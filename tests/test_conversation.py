@@ -145,11 +145,14 @@ def test_turns_tool_round_trips_and_the_moving_breakpoint() -> None:
         thinking={"budget_tokens": 1024},
         tools={"preset": "agent", "latency_ms": {"kind": "fixed", "value": 250}},
     )
-    first = RequestSpec(MODEL, "standard", 2048, [{"role": "user", "content": "hi"}])
+    first = RequestSpec(
+        MODEL, "standard", 2048, [{"role": "user", "content": "hi"}], output_target=100
+    )
     state = conversation.start(first, workload, _prompts(), random.Random(1))
     assert state.turns == 2
     step = state.next_step()
     assert step is not None and step.wait_s == 0 and step.spec.turn == 1
+    assert step.spec.output_target == 100  # its instruction is in the first message
     spec = step.spec
     assert spec.thinking_budget == 1024 and spec.tools and spec.tool_choice == {"type": "auto"}
     assert spec.messages[-1]["content"][-1]["cache_control"] == {"type": "ephemeral"}
@@ -157,6 +160,7 @@ def test_turns_tool_round_trips_and_the_moving_breakpoint() -> None:
     state.take(_ok(t_end=5_000), _answered(spec, thinking_then_tool()))
     step = state.next_step()
     assert step is not None and step.wait_s == 0.25 and step.spec.turn == 2
+    assert step.spec.output_target == 0  # no instruction in the later messages
     assert step.spec.t_tool_call_end == 5_000
     messages = step.spec.messages
     assert [m["role"] for m in messages] == ["user", "assistant", "user"]
