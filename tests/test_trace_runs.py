@@ -175,7 +175,7 @@ def test_speedup_and_loop(tmp_path: Path) -> None:
     trace = write_lines(tmp_path / "loop.jsonl", lines)
     with EmulatorProcess(config=QUICK_CONFIG, seed=5) as emulator:
         result, data = replay(
-            tmp_path, emulator, trace, "--trace-speedup", "4", "--trace-loop", "-t", "3s"
+            tmp_path, emulator, trace, "--trace-speedup", "4", "--trace-loop", "-t", "2s"
         )
         received_count = received(emulator)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -185,7 +185,7 @@ def test_speedup_and_loop(tmp_path: Path) -> None:
     assert all(abs(step - round(step)) < 1e-3 for step in steps), steps
     # one start every 50 ms: none missed, none twice, pass after pass
     assert [round(step) for step in steps] == list(range(len(steps)))
-    assert steps[-1] * 50 >= 2000  # looped for (most of) the 3 s
+    assert steps[-1] * 50 >= 1200  # looped for (most of) the 2 s: 6 passes or more
     assert len(starts) == data["open_loop"]["scheduled"] >= received_count
     assert data["accounting"]["mismatches"] == [] and data["open_loop"].get("not_started", 0) <= 1
 
