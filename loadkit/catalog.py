@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FAST_MODE_BETA = "fast-mode-2026-02-01"
+# extended thinking page, "Interleaved thinking" (as of 2026-11): thinking between tool calls
+INTERLEAVED_THINKING_BETA = "interleaved-thinking-2025-05-14"
 FAST_PRICE_MULTIPLIER = 6.0
 LONG_CONTEXT_THRESHOLD = 200_000  # input tokens above which long-context prices apply
 LONG_CONTEXT_INPUT_MULTIPLIER = 2.0

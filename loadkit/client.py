@@ -23,7 +23,7 @@ from typing import Any, Literal
 import anthropic
 import httpx2
 
-from loadkit.catalog import FAST_MODE_BETA, cost_usd
+from loadkit.catalog import FAST_MODE_BETA, INTERLEAVED_THINKING_BETA, cost_usd
 from loadkit.content import Answer
 from loadkit.ratelimit_cause import cause_of_429
 from loadkit.record import Attempt, Outcome, ResultRecord
@@ -75,6 +75,7 @@ class RequestSpec:
     session_id: str = ""  # the conversation (or trace session) it belongs to
     turn: int = 0  # its turn in that conversation, from 1 (0: not part of one)
     thinking_budget: int = 0  # extended thinking's budget_tokens (0: no thinking)
+    interleaved_thinking: bool = False  # the beta: thinking after tool results too
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     # content mode: the client rebuilds the answer's blocks into it (loadkit.content)
@@ -387,6 +388,9 @@ class StreamingClient:
             api: Any = sdk.beta.messages
         else:
             api = sdk.messages
+        if spec.interleaved_thinking:
+            kwargs["betas"] = [*kwargs.get("betas", ()), INTERLEAVED_THINKING_BETA]
+            api = sdk.beta.messages
         with api.with_streaming_response.create(**kwargs) as response:
             http_response: httpx2.Response = response.http_response
             record.status = http_response.status_code

@@ -59,6 +59,7 @@ def with_agentic(spec: RequestSpec, workload: Workload) -> RequestSpec:
     """``spec`` with the workload's thinking and tools, in content mode if they need it."""
     if workload.thinking is not None:
         spec.thinking_budget = workload.thinking.budget_tokens
+        spec.interleaved_thinking = workload.thinking.interleaved
     if workload.tools is not None:
         spec.tools = workload.tools.params()
         spec.tool_choice = workload.tools.tool_choice.param()

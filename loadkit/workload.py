@@ -142,6 +142,9 @@ class Thinking(_Strict):
     """Extended thinking on every request: ``thinking: {type: enabled, budget_tokens: N}``."""
 
     budget_tokens: int = Field(ge=MIN_THINKING_BUDGET, le=MAX_OUTPUT_TOKENS)
+    # the interleaved-thinking beta: thinking after tool results too; with tools, the budget
+    # may then exceed max_tokens (extended thinking page, "Interleaved thinking")
+    interleaved: bool = False
 
 
 class ToolDefinition(_Strict):
@@ -349,6 +352,8 @@ class Workload(_TokenBounds):
                 f"thinking: extended thinking allows tool_choice auto or none, not "
                 f"{self.tools.tool_choice.type}"
             )
+        if thinking.interleaved and self.tools is not None:
+            return
         for i, mix in enumerate(self.models):
             lowest = (mix.max_tokens or self.max_tokens).lowest
             if thinking.budget_tokens >= lowest:

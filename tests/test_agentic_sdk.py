@@ -117,3 +117,45 @@ def test_content_mode_stamps_what_was_served(emulator: EmulatorProcess) -> None:
     # thinking streams first: the first text token comes later than the first token
     assert record.t_first_token < record.t_first_text
     assert record.t_first_text >= truth["first_text_ns"] - 10_000  # never before it was sent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_thinking_after_a_tool_result_only_with_the_interleaved_beta(
+    emulator: EmulatorProcess, interleaved: bool
+) -> None:
+    """Extended thinking page, "Interleaved thinking" (beta interleaved-thinking-2025-05-14,
+    as of 2026-11): with it, the model can think again after a tool result; without it, the
+    answer to a tool result has no thinking block."""
+    client = StreamingClient(emulator.base_url, "test-key")
+
+    def spec(messages: list[dict[str, Any]]) -> RequestSpec:
+        return RequestSpec(
+            MODEL,
+            "standard",
+            2048,
+            messages,
+            thinking_budget=1024,
+            interleaved_thinking=interleaved,
+            tools=PRESETS["agent"],
+            tool_choice={"type": "auto"},
+            answer=Answer(),
+        )
+
+    first = spec(REQUEST["messages"])
+    record = client.send(first)
+    assert record.ok and first.answer is not None, record.error_message
+    content = first.answer.content()
+    call = next(b for b in content if b["type"] == "tool_use")
+    follow = spec(
+        [
+            *REQUEST["messages"],
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": [tool_result_block(call)]},
+        ]
+    )
+    after = client.send(follow)
+    client.close()
+    assert after.ok, after.error_message
+    assert (after.thinking_tokens > 0) is interleaved
+    assert (after.t_first_text > after.t_first_token) is interleaved

@@ -292,3 +292,13 @@ def test_content_and_turn_figures_merge_across_workers() -> None:
     assert merged["thinking_tokens"] == 300 and merged["tool_calls"] == 2
     assert merged["tool_round_trip_ms"]["p50"] == pytest.approx(30, rel=0.02)
     assert sorted(master.slices("turn")) == [1, 2, 3]
+
+
+def test_interleaved_thinking_with_tools_may_exceed_max_tokens() -> None:
+    """Extended thinking page, "Interleaved thinking" (as of 2026-11): with interleaved
+    thinking and tools, budget_tokens can exceed max_tokens (the whole context window)."""
+    thinking = {"budget_tokens": 4096, "interleaved": True}
+    workload = _workload(thinking=thinking, tools={"preset": "agent"})
+    assert workload.thinking is not None and workload.thinking.interleaved
+    with pytest.raises(WorkloadError, match="must be below max_tokens"):
+        _workload(thinking=thinking)  # without tools the budget stays below max_tokens
