@@ -201,6 +201,20 @@ class OpenLoopSection(_Strict):
     start_lateness_ms_p99: float | None = None
 
 
+class TraceSection(_Strict):
+    """A trace replay (``--trace``): which trace, how it was replayed, and whether every
+    entry was sent and answered (never, looping)."""
+
+    path: str
+    format: str
+    sha256: str
+    entries: int
+    speedup: float
+    loop: bool
+    processes: int  # that sent it, each its share
+    completed: bool
+
+
 class StepVerdict(_Strict):
     slo: str
     metric: str
@@ -385,6 +399,7 @@ class RunSummary(BaseModel):
     by_dataset: list[DatasetGroup] | None = None
     policy: PolicySection | None = None
     open_loop: OpenLoopSection | None = None
+    trace: TraceSection | None = None
     sweep: SweepSection | None = None
     slos: SloSection | None = None
     cost_guard: CostGuardSection | None = None

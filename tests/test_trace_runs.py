@@ -81,6 +81,9 @@ def test_each_entry_is_sent_once_at_its_recorded_time(tmp_path: Path) -> None:
     assert data["total"]["requests"] == count == 40 and data["total"]["outcomes"] == {"ok": 40}
     assert data["open_loop"]["scheduled"] == 40 and data["open_loop"].get("not_started", 0) == 0
     assert data["duration_s"] < 10  # ended by itself (no -t), not by a timeout
+    replayed = data["trace"]
+    assert (replayed["entries"], replayed["format"], replayed["completed"]) == (40, "loadkit", True)
+    assert (replayed["speedup"], replayed["loop"], replayed["processes"]) == (1.0, False, 1)
     rows = {r["session_id"]: r for r in records(tmp_path)}
     assert sorted(rows) == sorted(line["session_id"] for line in lines)
     first = rows["e0"]["t_intended"]
@@ -188,6 +191,7 @@ def test_speedup_and_loop(tmp_path: Path) -> None:
     assert steps[-1] * 50 >= 1200  # looped for (most of) the 2 s: 6 passes or more
     assert len(starts) == data["open_loop"]["scheduled"] >= received_count
     assert data["accounting"]["mismatches"] == [] and data["open_loop"].get("not_started", 0) <= 1
+    assert data["trace"]["loop"] and not data["trace"]["completed"]  # ended by -t
 
 
 @pytest.mark.slow
@@ -207,6 +211,7 @@ def test_master_and_workers_send_each_entry_once(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert data is not None and "by the 2 workers" in result.stderr
     assert data["total"]["requests"] == count == 30
+    assert data["trace"]["processes"] == 2 and data["trace"]["completed"]
     assert data["accounting"]["mismatches"] == []
     rows = records(tmp_path, "records*worker*.jsonl")
     assert sorted(r["session_id"] for r in rows) == sorted(line["session_id"] for line in lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from loadkit.aggregate import combine
+from loadkit.locust_plugin import trace_replay
 from loadkit.locust_plugin.capacity import sweep_plan
 from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.openloop import LATE_START_MS
@@ -41,6 +42,9 @@ def measure(run: Run, summary: RunSummary) -> tuple[RunSummary, list[Verdict]]:
             f"p50 {open_loop.start_lateness_ms_p50 or 0:.2f} ms, p99 "
             f"{open_loop.start_lateness_ms_p99 or 0:.2f} ms"
         )
+    if run.trace is not None:
+        sections["trace"] = replayed = trace_replay.section(run.trace)
+        say(trace_replay.describe(replayed))
     slos = settings.slos if settings else []
     plan = sweep_plan(options)
     if plan is not None:

@@ -29,6 +29,7 @@ from gevent.pool import Pool
 from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.openloop import LATE_START_MS
 from loadkit.locust_plugin.run import Run, resolve_path
+from loadkit.results import TraceSection
 from loadkit.trace import FORMATS, MOONCAKE_BLOCK_SIZE, Trace, TraceEntry, TraceError, load_trace
 from loadkit.trace_prompts import TracePrompts
 from loadkit.workload import Workload
@@ -277,6 +278,26 @@ def _worker_done(run: Run, data: Any) -> None:
     if len(state.done_slots) >= state.processes:
         state.done = True
         _stop(run, f"every entry was sent and answered by the {state.processes} workers")
+
+
+def section(state: TraceReplay) -> TraceSection:
+    trace = state.trace
+    return TraceSection(
+        path=trace.path,
+        format=trace.format,
+        sha256=trace.digest,
+        entries=len(trace.entries),
+        speedup=state.speedup,
+        loop=state.loop,
+        processes=state.processes,
+        completed=state.done,
+    )
+
+
+def describe(found: TraceSection) -> str:
+    how = f"{found.speedup:g}x" + (", looped" if found.loop else "")
+    end = "every entry was sent and answered" if found.completed else "not every entry was sent"
+    return f"trace: {found.entries} entries of {found.path} ({found.format} format, {how}): {end}"
 
 
 def install(runner: Any, run: Run) -> None:
