@@ -84,6 +84,7 @@ def test_each_entry_is_sent_once_at_its_recorded_time(tmp_path: Path) -> None:
     replayed = data["trace"]
     assert (replayed["entries"], replayed["format"], replayed["completed"]) == (40, "loadkit", True)
     assert (replayed["speedup"], replayed["loop"], replayed["processes"]) == (1.0, False, 1)
+    assert data["meta"]["arrival"] == f"trace replay, {trace} at 1x"
     rows = {r["session_id"]: r for r in records(tmp_path)}
     assert sorted(rows) == sorted(line["session_id"] for line in lines)
     first = rows["e0"]["t_intended"]

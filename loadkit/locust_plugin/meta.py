@@ -50,6 +50,9 @@ def _arrival(options: Any) -> str:
             f"sweep {options.sweep} {options.sweep_start:g}..{options.sweep_stop:g} "
             f"step {options.sweep_step:g} every {options.sweep_step_duration:g} s"
         )
+    if getattr(options, "trace", ""):
+        loop = ", looped" if options.trace_loop else ""
+        return f"trace replay, {options.trace} at {options.trace_speedup:g}x{loop}"
     if options.arrival_rate:
         return f"open loop, {options.arrival} {options.arrival_rate:g}/s"
     return "closed loop"
