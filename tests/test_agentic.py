@@ -62,7 +62,7 @@ def test_agentic_workload_splits_ttft_tokens_and_tool_turns_as_served(tmp_path: 
     records_path = tmp_path / "records.jsonl"
     with EmulatorProcess(config=AGENTIC_EMULATOR, seed=5) as emulator:
         result, data = run_locust(
-            tmp_path, "-u", "4", "-r", "4", "-t", "8s", "--workload", "workloads/agentic.yaml",
+            tmp_path, "-u", "4", "-r", "4", "-t", "6s", "--workload", "workloads/agentic.yaml",
             "--target-url", emulator.base_url, "--records", str(records_path),
             env={"ANTHROPIC_API_KEY": "test-key"},
         )  # fmt: skip
