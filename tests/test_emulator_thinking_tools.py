@@ -119,8 +119,11 @@ def test_thinking_streams_a_signed_block_then_text(
         0,
     )
     assert served["output_tokens"] == message.usage.output_tokens
-    gap_ms = (served["first_text_ns"] - served["first_token_ns"]) / 1e6
-    assert gap_ms >= 102 / RATE * 1000 - 0.01  # never before its decode time
+    # the first text token is token 103: never before its decode time, counted from the
+    # planned first token (0.01 ms: the float rounding of planned_ttft_ms)
+    text_ms = (served["first_text_ns"] - served["arrived_ns"]) / 1e6
+    assert text_ms >= served["planned_ttft_ms"] + 102 / RATE * 1000 - 0.01
+    assert served["first_text_ns"] > served["first_token_ns"]
 
 
 def test_auto_tool_call_streams_text_then_tool_use(
@@ -259,6 +262,9 @@ ASSISTANT_CALL = {
 }
 
 
+SIGNED_THOUGHT = {"type": "thinking", "thinking": "word " * 400, "signature": "c2ln"}
+
+
 def _result(tool_id: str) -> dict[str, Any]:
     return {"type": "tool_result", "tool_use_id": tool_id, "content": "noon"}
 
@@ -361,6 +367,33 @@ def _result(tool_id: str) -> dict[str, Any]:
             },
             "messages.1.content.0.thinking.signature: Field required",
         ),
+        (
+            {
+                "thinking": THINKING,
+                "tools": [CLOCK],
+                "messages": [
+                    *ASK,
+                    ASSISTANT_CALL,
+                    {"role": "user", "content": [_result("toolu_01abc")]},
+                ],
+            },
+            "messages.1.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+            "`tool_use`. When `thinking` is enabled, a final `assistant` message must start "
+            "with a thinking block",
+        ),
+        (
+            {
+                "messages": [
+                    *ASK,
+                    {
+                        "role": "assistant",
+                        "content": [SIGNED_THOUGHT, {"type": "text", "text": "So"}],
+                    },
+                ]
+            },
+            "messages.1.content.0: When thinking is disabled, an `assistant` message in the "
+            "final position cannot contain `thinking`.",
+        ),
     ],
 )
 def test_invalid_requests_get_400_naming_the_problem(
@@ -386,7 +419,7 @@ def test_count_tokens_counts_tools_and_only_the_current_turns_thinking(
         model=MODEL, messages=ASK, tools=[WEATHER], thinking=THINKING
     ).input_tokens
     assert with_tools > bare + len(json.dumps(WEATHER)) // 4
-    thought = {"type": "thinking", "thinking": "word " * 400, "signature": "c2ln"}
+    thought = SIGNED_THOUGHT
     call = {"type": "tool_use", "id": "toolu_01abc", "name": "get_time", "input": {}}
     closed = [*ASK, {"role": "assistant", "content": [thought, {"type": "text", "text": "Sunny."}]}]
     later = [*closed, {"role": "user", "content": "And tomorrow?"}]
@@ -401,9 +434,9 @@ def test_count_tokens_counts_tools_and_only_the_current_turns_thinking(
         {"role": "user", "content": [_result("toolu_01abc")]},
     ]
 
-    def count(messages: list[Any]) -> int:
+    def count(messages: list[Any], thinking: Any = THINKING) -> int:
         return client.messages.count_tokens(
-            model=MODEL, messages=messages, tools=[CLOCK], thinking=THINKING
+            model=MODEL, messages=messages, tools=[CLOCK], thinking=thinking
         ).input_tokens
 
     text_only = [
@@ -412,11 +445,30 @@ def test_count_tokens_counts_tools_and_only_the_current_turns_thinking(
         {"role": "user", "content": "And tomorrow?"},
     ]
     assert count(later) == count(text_only)  # the 2,000-byte thinking block: not counted
-    assert count(loop) - count(loop_plain) > 500  # the current turn's: counted
+    assert (
+        count(loop) - count(loop_plain, {"type": "disabled"}) > 500
+    )  # the current turn's: counted
     message = client.messages.create(
         model=MODEL, max_tokens=2000, messages=loop, tools=[CLOCK], thinking=THINKING
     )
     assert message.usage.input_tokens == count(loop)
+
+
+def test_count_tokens_validates_tools_and_thinking(
+    emulator: EmulatorProcess, control: Control
+) -> None:
+    """count_tokens takes the same tools, tool_choice and thinking (Token counting page,
+    "Count tokens in messages with tools" / "... with extended thinking"): bad ones get the
+    same 400s; a budget is not compared with max_tokens (the request has none)."""
+    client = client_for(emulator)
+    with pytest.raises(anthropic.BadRequestError, match="String should match pattern"):
+        client.messages.count_tokens(model=MODEL, messages=ASK, tools=[{**CLOCK, "name": "a b"}])
+    with pytest.raises(anthropic.BadRequestError, match="greater than or equal to 1024"):
+        client.messages.count_tokens(
+            model=MODEL, messages=ASK, thinking={"type": "enabled", "budget_tokens": 5}
+        )
+    big = {"type": "enabled", "budget_tokens": 50_000}
+    assert client.messages.count_tokens(model=MODEL, messages=ASK, thinking=big).input_tokens > 0
 
 
 def test_plain_requests_keep_their_ground_truth(

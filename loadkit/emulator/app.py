@@ -145,7 +145,7 @@ class Emulator:
             prompt = analyse_prompt(body, cache_key)
             window = validation.context_window(request, runtime)
             validation.prompt_fits(prompt.tokens, window)
-            features = content.features(body, request, max_tokens, window)
+            features = content.features(body, request, prompt.turn_blocks, max_tokens, window)
         except ApiError as err:
             counters = self.stats.counters(model, speed)
             counters.received += 1
@@ -180,6 +180,8 @@ class Emulator:
         runtime = validation.model(body, service.model_ids)
         auth.model_allowed(key, runtime.name, service.config.api_key_models)
         prompt = analyse_prompt(body, None)
+        window = validation.context_window(request, runtime)
+        content.features(body, request, prompt.turn_blocks, None, window)
         headers = wire.id_headers(service.new_id("req"), service.organization_id)
         wire.send_json(conn, 200, {"input_tokens": prompt.tokens}, headers)
 

@@ -15,8 +15,7 @@ Follows, as of 2026-11:
   first in its message ("Handling tool use and tool result content blocks").
 
 Error messages are the API's own where it has one (seen in its 400 answers), else a clear
-sentence naming the field. A request with none of these features costs two dict lookups and
-two substring searches of its body.
+sentence naming the field. A request with none of these features costs three dict lookups.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from typing import Any
 
 from loadkit.emulator.errors import invalid
 from loadkit.emulator.http import Request
+from loadkit.emulator.prompt import current_turn
 
 INTERLEAVED_THINKING_BETA = "interleaved-thinking-2025-05-14"
 MIN_BUDGET_TOKENS = 1024
@@ -60,15 +60,19 @@ class Features:
 
 
 def features(
-    body: dict[str, Any], request: Request, max_tokens: int, window: int
+    body: dict[str, Any],
+    request: Request,
+    turn_blocks: bool,
+    max_tokens: int | None,
+    window: int,
 ) -> Features | None:
-    """The request's thinking and tool features, validated; None for a plain request."""
+    """The request's thinking and tool features, validated; None for a plain request.
+    ``turn_blocks``: its messages hold tool or thinking blocks (``Prompt.turn_blocks``);
+    ``max_tokens`` None: a count_tokens request (which has none)."""
     thinking = body.get("thinking")
     tools = body.get("tools")
     tool_choice = body.get("tool_choice")
-    raw = request.body
-    in_history = b'"tool_use"' in raw or b'"tool_result"' in raw
-    if thinking is None and tools is None and tool_choice is None and not in_history:
+    if thinking is None and tools is None and tool_choice is None and not turn_blocks:
         return None
     betas = request.headers.get("anthropic-beta", "").split(",")
     interleaved = INTERLEAVED_THINKING_BETA in (beta.strip() for beta in betas)
@@ -79,12 +83,14 @@ def features(
         _sampling_with_thinking(body)
         if choice in ("any", "tool"):
             raise invalid("Thinking may not be enabled when tool_choice forces tool use.")
-    walk = in_history or b'thinking"' in raw  # thinking or redacted_thinking blocks
-    after_result = _history(body.get("messages"), tools is not None) if walk else False
+    messages: list[Any] = body["messages"]  # a non-empty list (analyse_prompt)
+    after_result = _history(messages, tools is not None) if turn_blocks else False
+    if turn_blocks:
+        _thinking_blocks(messages, bool(budget), after_result)
     return Features(budget, custom, choice, forced, after_result, interleaved)
 
 
-def _budget(thinking: Any, max_tokens: int, window: int, unbounded: bool) -> int:
+def _budget(thinking: Any, max_tokens: int | None, window: int, unbounded: bool) -> int:
     if thinking is None:
         return 0
     if not isinstance(thinking, dict):
@@ -110,7 +116,7 @@ def _budget(thinking: Any, max_tokens: int, window: int, unbounded: bool) -> int
                 f"thinking.enabled.budget_tokens: {budget} > {window}, the context window: "
                 "with interleaved thinking the budget may exceed max_tokens but not the window"
             )
-    elif budget >= max_tokens:
+    elif max_tokens is not None and budget >= max_tokens:
         raise invalid(
             f"`max_tokens` must be greater than `thinking.budget_tokens`. {THINKING_DOCS}"
             "#max-tokens-and-context-window-size"
@@ -234,6 +240,42 @@ def _history(messages: Any, tools_given: bool) -> bool:
         last_has_results = bool(results)
         pending = []
     return last_has_results
+
+
+def _thinking_blocks(messages: list[Any], thinking: bool, after_result: bool) -> None:
+    """With thinking, a tool-use turn being continued must begin with the thinking block
+    that started it ("Preserving thinking blocks", extended thinking page); without, an
+    assistant message in the final position (a prefill) may hold none."""
+    last = messages[-1]
+    if not thinking:
+        content = last["content"]
+        if last["role"] == "assistant" and isinstance(content, list):
+            for j, block in enumerate(content):
+                if block.get("type") in ("thinking", "redacted_thinking"):
+                    raise invalid(
+                        f"messages.{len(messages) - 1}.content.{j}: When thinking is disabled, "
+                        "an `assistant` message in the final position cannot contain "
+                        "`thinking`. To use thinking blocks, enable `thinking` in your request."
+                    )
+        return
+    if not after_result:
+        return
+    start = current_turn(messages)
+    for i in range(start, len(messages)):
+        message = messages[i]
+        if message["role"] != "assistant":
+            continue
+        content = message["content"]
+        first = content[0].get("type") if isinstance(content, list) and content else "text"
+        if first not in ("thinking", "redacted_thinking"):
+            raise invalid(
+                f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but "
+                f"found `{first}`. When `thinking` is enabled, a final `assistant` message "
+                "must start with a thinking block (preceeding the lastmost set of `tool_use` "
+                "and `tool_result` blocks). We recommend you include thinking blocks from "
+                f"previous turns. To avoid this requirement, disable `thinking`. {THINKING_DOCS}"
+            )
+        return
 
 
 def _unanswered(index: int, ids: list[str]) -> None:

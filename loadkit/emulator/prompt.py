@@ -28,6 +28,7 @@ IMAGE_TOKENS = 1600
 LONG_TTL = "1h"
 MAX_BREAKPOINTS = 4
 LOOKBACK_BLOCKS = 20
+TURN_BLOCKS = frozenset(("tool_use", "tool_result", "thinking", "redacted_thinking"))
 
 
 def text_tokens(text: str) -> int:
@@ -48,6 +49,7 @@ class Breakpoint:
 class Prompt:
     tokens: int
     breakpoints: list[Breakpoint] = field(default_factory=list)
+    turn_blocks: bool = False  # tool_use, tool_result, thinking or redacted_thinking blocks
 
 
 class _Walker:
@@ -60,6 +62,7 @@ class _Walker:
         self.last_block = ""
         self.last_marked = False  # the last block fed has its own cache_control
         self.boundaries: list[tuple[int, bytes]] = []  # (tokens, digest) after each block
+        self.turn_blocks = False
 
     def feed(self, tokens: int, identity: bytes, block: dict[str, Any] | None, where: str) -> None:
         self.tokens += tokens
@@ -140,9 +143,11 @@ def _feed_content(walker: _Walker, content: Any, where: str, strip_thinking: boo
     for i, block in enumerate(content):
         tokens, identity = _block_tokens(block, f"{where}.{i}", strip_thinking)
         walker.feed(tokens, identity, block, f"{where}.{i}")
+        if block["type"] in TURN_BLOCKS:
+            walker.turn_blocks = True
 
 
-def _current_turn(messages: list[Any]) -> int:
+def current_turn(messages: list[Any]) -> int:
     """Where the current assistant turn begins: after the last user message that is not
     only tool results. Thinking blocks before it are not counted: "previous thinking blocks
     are automatically stripped from the context window calculation", those of the current
@@ -185,7 +190,7 @@ def analyse_prompt(body: dict[str, Any], cache_key: bytes | None) -> Prompt:
         raise invalid("messages: Field required")
     if not isinstance(messages, list) or not messages:
         raise invalid("messages: must be a non-empty list")
-    turn = _current_turn(messages)
+    turn = current_turn(messages) if len(messages) > 1 else 0
     for i, message in enumerate(messages):
         where = f"messages.{i}"
         if not isinstance(message, dict):
@@ -202,4 +207,4 @@ def analyse_prompt(body: dict[str, Any], cache_key: bytes | None) -> Prompt:
     automatic = body.get("cache_control")
     if automatic is not None and walker.hasher is not None:
         walker.mark_automatic(automatic)
-    return Prompt(walker.tokens, walker.breakpoints)
+    return Prompt(walker.tokens, walker.breakpoints, walker.turn_blocks)
