@@ -15,6 +15,7 @@ from loadkit.client import RequestSpec
 from loadkit.content import Answer
 from loadkit.prompts import PromptFactory
 from loadkit.record import Outcome, ResultRecord
+from loadkit.sinks.influxdb import LineFormatter
 from loadkit.summary import group_figures
 from loadkit.workload import WorkloadError, parse_workload
 
@@ -302,3 +303,17 @@ def test_interleaved_thinking_with_tools_may_exceed_max_tokens() -> None:
     assert workload.thinking is not None and workload.thinking.interleaved
     with pytest.raises(WorkloadError, match="must be below max_tokens"):
         _workload(thinking=thinking)  # without tools the budget stays below max_tokens
+
+
+def test_the_influxdb_point_carries_the_content_fields() -> None:
+    record = ResultRecord(MODEL, "standard", "t", 0, 2048, turn=3, session_id="s")
+    record.t_send, record.t_first_token, record.t_end = 1_000_000, 51_000_000, 90_000_000
+    plain = LineFormatter("run", "w").request_line(record)
+    assert "turn=3i" in plain and "thinking_tokens" not in plain
+    record.parsed_content, record.thinking_tokens, record.tool_calls = True, 40, 1
+    record.t_first_text, record.t_tool_call_end = 81_000_000, 11_000_000
+    line = LineFormatter("run", "w").request_line(record)
+    fields = dict(part.split("=") for part in line.split(" ")[1].split(","))
+    assert fields["thinking_tokens"] == "40i" and fields["tool_calls"] == "1i"
+    assert float(fields["ttft_text_ms"]) == 80.0
+    assert float(fields["tool_round_trip_ms"]) == 40.0

@@ -121,6 +121,18 @@ class LineFormatter:
             optional += f",e2e_ms={e2e}"
         if otps is not None:
             optional += f",otps={otps}"
+        if r.turn:
+            optional += f",turn={r.turn}i"
+        if r.parsed_content:  # conversations, tools, thinking (loadkit.content)
+            optional += (
+                f",thinking_tokens={r.thinking_tokens}i,text_tokens={r.text_tokens}i,"
+                f"tool_use_tokens={r.tool_use_tokens}i,tool_calls={r.tool_calls}i"
+            )
+            ttft_text, round_trip = r.ttft_text_ms, r.tool_round_trip_ms
+            if ttft_text is not None:
+                optional += f",ttft_text_ms={ttft_text}"
+            if round_trip is not None:
+                optional += f",tool_round_trip_ms={round_trip}"
         # a tag (a short list of API error types and exception names), so that dashboards
         # can group failures by it
         error_tag = f",error_type={_tag(r.error_type)}" if r.error_type else ""
