@@ -119,6 +119,8 @@ def test_thinking_streams_a_signed_block_then_text(
         0,
     )
     assert served["output_tokens"] == message.usage.output_tokens
+    row = control.row(MODEL, "standard")  # /_emulator/stats splits output tokens the same way
+    assert (row["output_tokens"], row["thinking_tokens"], row["tool_use_tokens"]) == (122, 102, 0)
     # the first text token is token 103: never before its decode time, counted from the
     # planned first token (0.01 ms: the float rounding of planned_ttft_ms)
     text_ms = (served["first_text_ns"] - served["arrived_ns"]) / 1e6
@@ -516,21 +518,35 @@ def test_two_processes_serve_thinking_and_tools_with_their_ground_truth() -> Non
         },
     }
     with EmulatorProcess(config=config, processes=2) as emulator:
-        client = client_for(emulator)
+        control = Control(emulator.base_url)
         ids = []
-        for _ in range(6):
-            with client.messages.stream(
-                model=MODEL, max_tokens=2000, thinking=THINKING, tools=[WEATHER], messages=ASK
-            ) as stream:
+        for _ in range(20):  # a new connection each: until both workers have served some
+            with (
+                client_for(emulator) as client,
+                client.messages.stream(
+                    model=MODEL, max_tokens=2000, thinking=THINKING, tools=[WEATHER], messages=ASK
+                ) as stream,
+            ):
                 message = stream.get_final_message()
             assert message.stop_reason == "tool_use" and message.content[0].type == "thinking"
             ids.append((stream.response.headers["request-id"], message.usage.output_tokens))
-        control = Control(emulator.base_url)
+            stats = control.stats()
+            if len(ids) >= 4 and all(p["totals"]["received"] for p in stats["processes"]):
+                break
+        assert all(p["totals"]["received"] for p in stats["processes"])
+        assert stats["totals"]["thinking_tokens"] == len(ids) * 102
+        thinking = tool_use = 0
         for request_id, output_tokens in ids:
             served = control.served(request_id)
             assert served["thinking_tokens"] == 102 and served["tool_use_tokens"] > 0
             total = served["thinking_tokens"] + served["text_tokens"] + served["tool_use_tokens"]
             assert total == served["output_tokens"] == output_tokens
+            thinking += served["thinking_tokens"]
+            tool_use += served["tool_use_tokens"]
             assert (
                 served["first_text_ns"] == 0 or served["first_text_ns"] > served["first_token_ns"]
             )
+        assert (stats["totals"]["thinking_tokens"], stats["totals"]["tool_use_tokens"]) == (
+            thinking,
+            tool_use,
+        )

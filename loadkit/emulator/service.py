@@ -227,6 +227,12 @@ class Service:
         counters.in_flight -= 1
         setattr(counters, outcome, getattr(counters, outcome) + 1)
         counters.output_tokens += job.sent_tokens
+        blocks = job.plan.blocks
+        thinking = tool_use = 0
+        if blocks is not None:
+            thinking, _, tool_use = answer.tokens_by_kind(blocks, job.sent_tokens)
+            counters.thinking_tokens += thinking
+            counters.tool_use_tokens += tool_use
         self.limits.settle_output(
             job.runtime.profile.rate_limit_class,
             job.speed,
@@ -243,13 +249,9 @@ class Service:
             served = job.served
             served.outcome = outcome
             served.output_tokens = job.sent_tokens
-            blocks = job.plan.blocks
-            if blocks is None:
-                served.text_tokens = job.sent_tokens
-            else:
-                served.thinking_tokens, served.text_tokens, served.tool_use_tokens = (
-                    answer.tokens_by_kind(blocks, job.sent_tokens)
-                )
+            served.thinking_tokens = thinking
+            served.tool_use_tokens = tool_use
+            served.text_tokens = job.sent_tokens - thinking - tool_use
 
     # ground truth -----------------------------------------------------------------------
     def log_rejection(self, request_id: str, model: str, speed: str, outcome: str) -> None:

@@ -40,6 +40,8 @@ TOKEN_FIELDS = (
     "output_tokens",
     "cache_read_input_tokens",
     "cache_creation_input_tokens",
+    "thinking_tokens",
+    "tool_use_tokens",
 )
 
 
@@ -63,6 +65,8 @@ class Counters:
     output_tokens: int = 0
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    thinking_tokens: int = 0  # of output_tokens: thinking blocks
+    tool_use_tokens: int = 0  # of output_tokens: tool_use inputs (the rest is text)
     acceleration_limited: int = 0  # of rate_limited: refused by the acceleration limit
 
     def as_dict(self) -> dict[str, int]:
