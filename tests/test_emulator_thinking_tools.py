@@ -234,6 +234,35 @@ def test_tool_choice(
         assert message.stop_reason == "end_turn"
 
 
+def test_adaptive_thinking_on_the_models_that_have_it(
+    emulator: EmulatorProcess, control: Control
+) -> None:
+    """Adaptive thinking page (platform.claude.com/docs/en/build-with-claude/
+    adaptive-thinking, as of 2026-11): thinking {type: adaptive} on Opus 4.6 and Sonnet 4.6,
+    which "also automatically enables interleaved thinking" (a thinking block after a tool
+    result, no beta header); other models (Haiku 4.5 here) need type enabled: 400."""
+    configure(control)
+    client = client_for(emulator)
+    adaptive: Any = {"type": "adaptive"}
+    first = client.messages.create(
+        model=MODEL, max_tokens=1001, thinking=adaptive, tools=[WEATHER], messages=ASK
+    )
+    assert [b.type for b in first.content] == ["thinking", "text", "tool_use"]
+    assert len(first.content[0].thinking) == 4 * 100  # 10% of max_tokens - 1
+    again = client.messages.create(
+        model=MODEL,
+        max_tokens=1001,
+        thinking=adaptive,
+        tools=[WEATHER],
+        messages=_follow_up(first, ASK),
+    )
+    assert [b.type for b in again.content] == ["thinking", "text"]
+    with pytest.raises(anthropic.BadRequestError, match="'adaptive' is not supported"):
+        client.messages.create(
+            model="claude-haiku-4-5", max_tokens=1001, thinking=adaptive, messages=ASK
+        )
+
+
 def test_interleaved_budget_may_exceed_max_tokens(
     emulator: EmulatorProcess, control: Control
 ) -> None:

@@ -145,7 +145,14 @@ class Emulator:
             prompt = analyse_prompt(body, cache_key)
             window = validation.context_window(request, runtime)
             validation.prompt_fits(prompt.tokens, window)
-            features = content.features(body, request, prompt.turn_blocks, max_tokens, window)
+            features = content.features(
+                body,
+                request,
+                prompt.turn_blocks,
+                max_tokens,
+                window,
+                runtime.profile.adaptive_thinking,
+            )
         except ApiError as err:
             counters = self.stats.counters(model, speed)
             counters.received += 1
@@ -181,7 +188,8 @@ class Emulator:
         auth.model_allowed(key, runtime.name, service.config.api_key_models)
         prompt = analyse_prompt(body, None)
         window = validation.context_window(request, runtime)
-        content.features(body, request, prompt.turn_blocks, None, window)
+        adaptive = runtime.profile.adaptive_thinking
+        content.features(body, request, prompt.turn_blocks, None, window, adaptive)
         headers = wire.id_headers(service.new_id("req"), service.organization_id)
         wire.send_json(conn, 200, {"input_tokens": prompt.tokens}, headers)
 

@@ -71,6 +71,9 @@ class ModelProfile(_Strict):
         default=0.10, ge=0, le=2, description="sigma of a mean-1 log-normal factor on decode"
     )
     fast_supported: bool = False
+    adaptive_thinking: bool = Field(
+        default=False, description="accepts thinking {type: adaptive} (else 400)"
+    )
     # Fast mode's decode speed-up over standard, drawn per request: normal with mean
     # fast_decode_multiplier and standard deviation fast_decode_spread, clipped to
     # [fast_decode_min, fast_decode_max]. The fast mode page promises "up to 2.5x" output
@@ -250,6 +253,7 @@ def _default_models() -> dict[str, ModelProfile]:
             prefill_tokens_per_s=25_000,
             decode_tokens_per_s=55,
             fast_supported=True,
+            adaptive_thinking=True,
             min_cacheable_tokens=4096,
             max_output_tokens=128_000,
             context_window=1_000_000,
@@ -261,6 +265,7 @@ def _default_models() -> dict[str, ModelProfile]:
             ttft_base_ms=600,
             prefill_tokens_per_s=40_000,
             decode_tokens_per_s=75,
+            adaptive_thinking=True,
             min_cacheable_tokens=1024,
             max_output_tokens=128_000,
             context_window=1_000_000,

@@ -2,6 +2,9 @@
 
 Follows, as of 2026-11:
 
+- adaptive thinking (platform.claude.com/docs/en/build-with-claude/adaptive-thinking):
+  ``thinking: {type: "adaptive"}`` on the models that have it (a 400 on others), interleaved
+  thinking included;
 - extended thinking (platform.claude.com/docs/en/build-with-claude/extended-thinking):
   ``thinking: {type: "enabled", budget_tokens: N}`` with N >= 1024 and N < max_tokens, except
   with interleaved thinking (beta ``interleaved-thinking-2025-05-14``) and tools, where the
@@ -65,10 +68,12 @@ def features(
     turn_blocks: bool,
     max_tokens: int | None,
     window: int,
+    adaptive: bool,
 ) -> Features | None:
     """The request's thinking and tool features, validated; None for a plain request.
     ``turn_blocks``: its messages hold tool or thinking blocks (``Prompt.turn_blocks``);
-    ``max_tokens`` None: a count_tokens request (which has none)."""
+    ``max_tokens`` None: a count_tokens request (which has none); ``adaptive``: the model
+    accepts adaptive thinking."""
     thinking = body.get("thinking")
     tools = body.get("tools")
     tool_choice = body.get("tool_choice")
@@ -78,7 +83,18 @@ def features(
     interleaved = INTERLEAVED_THINKING_BETA in (beta.strip() for beta in betas)
     custom = _tools(tools)
     choice, forced = _tool_choice(tool_choice, tools, custom)
-    budget = _budget(thinking, max_tokens, window, interleaved and bool(tools))
+    if isinstance(thinking, dict) and thinking.get("type") == "adaptive":
+        if not adaptive:
+            raise invalid(
+                "thinking.type: 'adaptive' is not supported by this model; use 'enabled' with "
+                "budget_tokens"
+            )
+        # Claude decides how much to think; "adaptive thinking also automatically enables
+        # interleaved thinking" (adaptive thinking page, as of 2026-11). The emulator draws
+        # its thinking as a share of max_tokens (thinking_budget_percent).
+        budget, interleaved = max(1, (max_tokens or 2) - 1), True
+    else:
+        budget = _budget(thinking, max_tokens, window, interleaved and bool(tools))
     if budget:
         _sampling_with_thinking(body)
         if choice in ("any", "tool"):
@@ -99,7 +115,7 @@ def _budget(thinking: Any, max_tokens: int | None, window: int, unbounded: bool)
     if kind == "disabled":
         return 0
     if kind != "enabled":
-        raise invalid("thinking.type: Input should be 'enabled' or 'disabled'")
+        raise invalid("thinking.type: Input should be 'enabled', 'disabled' or 'adaptive'")
     budget = thinking.get("budget_tokens")
     if budget is None:
         raise invalid("thinking.enabled.budget_tokens: Field required")
