@@ -210,8 +210,8 @@ COLUMNS = (
     ("p90", 8),
     ("p99", 8),
     ("OTPS p10", 9),
-    ("p50", 7),
-    ("p90", 7),
+    ("p50", 9),
+    ("p90", 9),
     ("E2E p50", 9),
     ("p99", 9),
     ("out tok/s", 11),
@@ -295,10 +295,15 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 
 def _line(cells: list[str]) -> str:
-    return "".join(
-        cell.ljust(width) if i < TEXT_COLUMNS else cell.rjust(width)
-        for i, (cell, (_, width)) in enumerate(zip(cells, COLUMNS, strict=True))
-    ).rstrip()
+    """The cells in their columns; a cell wider than its column still gets a space from its
+    neighbours (a 4-digit OTPS once ran into the next one)."""
+    parts = []
+    for i, (cell, (_, width)) in enumerate(zip(cells, COLUMNS, strict=True)):
+        if i < TEXT_COLUMNS:
+            parts.append(cell.ljust(width) if len(cell) < width else cell + " ")
+        else:
+            parts.append(cell.rjust(width) if len(cell) < width else " " + cell)
+    return "".join(parts).rstrip()
 
 
 def format_table(summary: RunSummary) -> str:

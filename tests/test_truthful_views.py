@@ -76,6 +76,21 @@ def test_fallbacks_do_not_dilute_the_row_and_429s_are_counted_per_answer() -> No
     assert "429 resp" in table and "429 end" in table and "fell back (standard)" in table
 
 
+def test_wide_figures_stay_apart_in_the_printed_table() -> None:
+    """Every figure of a row is its own word, however wide: 4-digit OTPS values (fast Haiku
+    on a quick emulator) once ran together as ``3,984.73,984.7``."""
+    aggregate = Aggregate()
+    for _ in range(10):  # 1,000 tokens after the first in 0.25 s -> ~4,000 tokens/s
+        aggregate.add(fast_record(False, ttft_ms=123_456, decode_s=0.25, tokens=1_001))
+    aggregate.ended_at = aggregate.started_at + 10
+    table = format_table(build_summary(aggregate, "run", META))
+    (row,) = (line for line in table.splitlines() if line.startswith("claude-opus-4-6"))
+    cells = row.split()
+    # model, speed (served is empty without fallbacks), then 16 figures: one word each
+    assert len(cells) == 2 + 16, row
+    assert cells[10:13] == ["3,984.7"] * 3, row  # OTPS p10, p50, p90
+
+
 def run_scenario(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Any]:
     return run_locust(tmp_path, *args, locustfile="locustfiles/fast_fallback.py")
 
