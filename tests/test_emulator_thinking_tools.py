@@ -29,6 +29,7 @@ import httpx2
 import pytest
 
 from loadkit.emulator.launcher import EmulatorProcess
+from loadkit.emulator.sse import filler_text
 
 from .conftest import QUICK_CONFIG, Control
 
@@ -91,7 +92,7 @@ def test_thinking_streams_a_signed_block_then_text(
         message = stream.get_final_message()
     thinking, text = message.content
     assert thinking.type == "thinking" and text.type == "text"
-    assert len(thinking.signature) > 40 and len(thinking.thinking) == 4 * 102  # 10% of 1024
+    assert len(thinking.signature) > 40 and thinking.thinking == filler_text(102)  # 10% of 1024
     starts = [e for e in events if e.type == "content_block_start"]
     assert [(e.index, e.content_block.type) for e in starts] == [(0, "thinking"), (1, "text")]
     assert starts[0].content_block.thinking == ""

@@ -82,7 +82,7 @@ def compose(
             text_start = used + 1 if before else 0
             if before:
                 blocks.append(Block(TEXT, before))
-            tool_id = f"toolu_01{rng.getrandbits(110):022x}"
+            tool_id = f"toolu_01{rng.getrandbits(88):022x}"
             blocks.append(Block(TOOL_USE, tool_tokens, arguments, tool_id, tool.name))
             return Answer(tuple(blocks), used + before + tool_tokens, "tool_use", text_start)
     text = min(wanted_text, room - used)
@@ -174,11 +174,37 @@ def _delta(block: Block, offset: int, tokens: int) -> dict[str, Any]:
     return {"type": "text_delta", "text": sse.filler_text(tokens, offset)}
 
 
-def steps(blocks: tuple[Block, ...], tokens_per_delta: int) -> Iterator[tuple[int, bytes]]:
+class DeltaEvents(dict[tuple[int, str, int, int], bytes]):
+    """Prebuilt thinking and text delta events by (block index, kind, tokens, offset into
+    the filler's cycle of words), so that a delta in the middle of a block costs a lookup.
+    Held by the emulator (one per process); emptied when it grows past ``MAX_ENTRIES`` (a
+    large ``tokens_per_delta`` has many remainders)."""
+
+    MAX_ENTRIES = 4096
+
+    def __missing__(self, key: tuple[int, str, int, int]) -> bytes:
+        if len(self) >= self.MAX_ENTRIES:
+            self.clear()
+        index, kind, tokens, phase = key
+        block = Block(kind, tokens)
+        built = self[key] = _delta_event(index, _delta(block, phase, tokens))
+        return built
+
+
+def _delta_event(index: int, delta: dict[str, Any]) -> bytes:
+    return sse.event(
+        "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+    )
+
+
+def steps(
+    blocks: tuple[Block, ...], tokens_per_delta: int, events: DeltaEvents
+) -> Iterator[tuple[int, bytes]]:
     """The stream after message_start, one (tokens sent so far, chunk) per delta: each
     chunk is due when its last token is. The last chunk closes the last block (the caller
     adds message_delta and message_stop)."""
     sent = 0
+    cycle = len(sse.WORDS)
     for index, block in enumerate(blocks):
         opening = sse.event(
             "content_block_start",
@@ -187,24 +213,18 @@ def steps(blocks: tuple[Block, ...], tokens_per_delta: int) -> Iterator[tuple[in
         taken = 0
         while taken < block.tokens:
             tokens = 1 if taken == 0 else min(tokens_per_delta, block.tokens - taken)
-            data = opening + sse.event(
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": index,
-                    "delta": _delta(block, taken, tokens),
-                },
-            )
-            opening = b""
+            if block.kind == TOOL_USE:
+                data = _delta_event(index, _delta(block, taken, tokens))
+            else:
+                data = events[index, block.kind, tokens, taken % cycle]
             taken += tokens
             sent += tokens
+            if opening:
+                data, opening = opening + data, b""
             if taken == block.tokens:
                 if block.kind == THINKING:
                     signature = {"type": "signature_delta", "signature": block.data}
-                    data += sse.event(
-                        "content_block_delta",
-                        {"type": "content_block_delta", "index": index, "delta": signature},
-                    )
+                    data += _delta_event(index, signature)
                 data += sse.event(
                     "content_block_stop", {"type": "content_block_stop", "index": index}
                 )

@@ -34,6 +34,8 @@ class JobHost(Protocol):
     @property
     def tokens_per_delta(self) -> int: ...
     @property
+    def delta_events(self) -> answer.DeltaEvents: ...
+    @property
     def organization_id(self) -> str: ...
     def new_id(self, prefix: str) -> str: ...
     def job_ended(self, job: Job, outcome: str) -> None: ...
@@ -200,7 +202,7 @@ class Job:
             self._at(end, self._finish_unary)
             return
         if self.plan.blocks is not None:
-            self.steps = answer.steps(self.plan.blocks, host.tokens_per_delta)
+            self.steps = answer.steps(self.plan.blocks, host.tokens_per_delta, host.delta_events)
             self._send_step(next(self.steps))
             return
         self._send_tokens(1)

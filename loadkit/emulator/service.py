@@ -41,6 +41,7 @@ class Service:
         self.model_ids: dict[str, ModelRuntime] = {}  # by alias and by dated ID
         self.limits = RateLimits()
         self.cache = PromptCache(1, 1, 1)
+        self.delta_events = answer.DeltaEvents()
         self.configure(config)
 
     # configuration ----------------------------------------------------------------------
