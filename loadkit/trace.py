@@ -56,6 +56,13 @@ class _Line(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
 
+def _fast_offered(model: str, speed: str) -> None:
+    info = model_info(model)
+    if speed == "fast" and info is not None and not info.fast_supported:
+        offered = ", ".join(sorted(m for m, i in MODELS.items() if i.fast_supported))
+        raise ValueError(f"speed fast: fast mode is offered on {offered} only, not {model}")
+
+
 class LoadkitLine(_Line):
     timestamp_ms: float = Field(ge=0, le=MAX_TIMESTAMP_MS)
     model: str
@@ -87,6 +94,7 @@ class LoadkitLine(_Line):
 
     @model_validator(mode="after")
     def _check(self) -> LoadkitLine:
+        _fast_offered(self.model, self.speed)
         if (self.input_tokens is None) == (self.messages is None):
             raise ValueError("give either input_tokens or messages (exactly one of them)")
         if self.system is not None and self.messages is None:
@@ -309,6 +317,11 @@ def load_trace(
     entries: list[TraceEntry] = []
     if chosen == "mooncake" and model_info(model) is None:
         raise TraceError(f"{name}: a Mooncake trace names no model, and {model!r} is not one")
+    if chosen == "mooncake":
+        try:
+            _fast_offered(model, speed)
+        except ValueError as err:
+            raise TraceError(f"{name}: {err}") from None
     for number, data in lines:
         try:
             if chosen == "loadkit":

@@ -76,6 +76,7 @@ GOOD = {"timestamp_ms": 0, "model": HAIKU, "input_tokens": 100, "max_tokens": 10
         ({**GOOD, "timestamp_ms": -1}, ":2: timestamp_ms: Input should be greater than"),
         ({**GOOD, "model": "claude-nope"}, ":2: model: unknown model 'claude-nope'"),
         ({**GOOD, "speed": "turbo"}, ":2: speed: Input should be 'standard' or 'fast'"),
+        ({**GOOD, "speed": "fast"}, ":2: speed fast: fast mode is offered on claude-opus-4-6"),
         ({**GOOD, "colour": 1}, ":2: colour: Extra inputs are not permitted"),
         ({**GOOD, "messages": [{"role": "user", "content": "x"}]}, ":2: give either input_tokens"),
         ({**GOOD, "output_tokens": 11}, ":2: output_tokens (11) is above max_tokens (10)"),
@@ -130,6 +131,9 @@ def test_formats_are_told_apart_per_file_or_named(tmp_path: Path) -> None:
         load_trace(loadkit, "mooncake", model=HAIKU)
     with pytest.raises(TraceError, match="a Mooncake trace names no model"):
         load_trace(mooncake)
+    with pytest.raises(TraceError, match="fast mode is offered on claude-opus-4-6 only, not"):
+        load_trace(mooncake, model=HAIKU, speed="fast")
+    assert load_trace(mooncake, model="claude-opus-4-6", speed="fast").entries[0].speed == "fast"
     unknown = write_lines(tmp_path / "u.jsonl", [{"prompt": "x"}])
     with pytest.raises(TraceError, match=r"u\.jsonl:1: cannot tell the trace format"):
         load_trace(unknown)
