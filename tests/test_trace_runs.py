@@ -171,11 +171,15 @@ def test_mooncake_hash_sharing_shows_as_cache_reads(tmp_path: Path) -> None:
 def test_speedup_and_loop(tmp_path: Path) -> None:
     """Offsets 0, 200, 400, 600 ms at --trace-speedup 4: 0, 50, 100, 150 ms; looped, each pass
     starts one span plus one mean gap (800 ms / 4 = 200 ms) after the last, until -t ends the
-    run: the intended starts are one every 50 ms from the first, none missed."""
+    run: the intended starts are one every 50 ms from the first, none missed. The entries
+    share a prefix id: once the first request has been answered, every request reads that
+    system prefix from the cache (1,200 tokens, above Sonnet 4.6's minimum of 1,024; prompt
+    caching page, platform.claude.com/docs/en/build-with-claude/prompt-caching, 2026-11)."""
     lines = [
-        {"timestamp_ms": t, "model": HAIKU, "input_tokens": 200, "max_tokens": 16}
+        {"timestamp_ms": t, "model": "claude-sonnet-4-6", "input_tokens": 1500,
+         "prefix_id": "support-bot", "prefix_tokens": 1200, "max_tokens": 16}
         for t in (0, 200, 400, 600)
-    ]
+    ]  # fmt: skip
     trace = write_lines(tmp_path / "loop.jsonl", lines)
     with EmulatorProcess(config=QUICK_CONFIG, seed=5) as emulator:
         result, data = replay(
@@ -184,7 +188,8 @@ def test_speedup_and_loop(tmp_path: Path) -> None:
         received_count = received(emulator)
     assert result.returncode == 0, result.stderr[-3000:]
     assert data is not None
-    starts = sorted(r["t_intended"] for r in records(tmp_path))
+    rows = sorted(records(tmp_path), key=lambda r: r["t_intended"])
+    starts = [r["t_intended"] for r in rows]
     steps = [(t - starts[0]) / 50e6 for t in starts]
     assert all(abs(step - round(step)) < 1e-3 for step in steps), steps
     # one start every 50 ms: none missed, none twice, pass after pass
@@ -193,6 +198,11 @@ def test_speedup_and_loop(tmp_path: Path) -> None:
     assert len(starts) == data["open_loop"]["scheduled"] >= received_count
     assert data["accounting"]["mismatches"] == [] and data["open_loop"].get("not_started", 0) <= 1
     assert data["trace"]["loop"] and not data["trace"]["completed"]  # ended by -t
+    # the shared prefix (1,200 tokens and 6 of system and request framing) read from the cache
+    later = [r for r, step in zip(rows, steps, strict=True) if step >= 4 and r["outcome"] == "ok"]
+    assert len(later) >= 20
+    assert {r["cache_read_input_tokens"] for r in later} == {1206}
+    assert all(abs(r["input_tokens"] + r["cache_read_input_tokens"] - 1500) <= 8 for r in later)
 
 
 @pytest.mark.slow
