@@ -210,6 +210,8 @@ def steps(
             "content_block_start",
             {"type": "content_block_start", "index": index, "content_block": _header(block)},
         )
+        if block.kind == TOOL_USE:  # the streaming page's example opens with an empty piece
+            opening += _delta_event(index, {"type": "input_json_delta", "partial_json": ""})
         taken = 0
         while taken < block.tokens:
             tokens = 1 if taken == 0 else min(tokens_per_delta, block.tokens - taken)
