@@ -298,7 +298,9 @@ def locust_run(tmp_path: Path, *args: str, timeout: float = 60) -> tuple[int, st
     "case", ["weight-inf", "lognormal-median-1e300", "prompt-tokens-1e12", "binary"]
 )
 def test_locust_run_with_a_bad_workload_stops_once_and_quickly(tmp_path: Path, case: str) -> None:
-    """Each of these once broke a run: tracebacks by the thousand, or a hang past 90 s."""
+    """Each of these once broke a run: tracebacks by the thousand, or a hang past 90 s (a hang
+    is caught by ``locust_run``'s timeout; the time is not asserted otherwise, since a start
+    on a loaded machine can take long)."""
     path = tmp_path / "bad.yaml"
     if case == "binary":
         path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
@@ -306,17 +308,15 @@ def test_locust_run_with_a_bad_workload_stops_once_and_quickly(tmp_path: Path, c
     else:
         text, field, _ = BAD_FILES[case]
         path.write_text("name: t\n" + text)
-    code, stderr, elapsed = locust_run(tmp_path, "-u", "2", "-t", "5s", "--workload", str(path))
+    code, stderr, _ = locust_run(tmp_path, "-u", "2", "-t", "5s", "--workload", str(path))
     assert code == 2, stderr[-3000:]
     assert "Traceback" not in stderr and "Error:" not in stderr, stderr[-3000:]
     assert stderr.count(str(path)) == 1, stderr[-3000:]  # the message, printed once
     assert stderr.count(field) == 1, stderr[-3000:]
-    assert elapsed < 20
 
 
 @pytest.mark.slow
 def test_locust_run_with_zero_request_timeout_is_refused(tmp_path: Path) -> None:
-    code, stderr, elapsed = locust_run(tmp_path, "-u", "1", "-t", "5s", "--request-timeout", "0")
+    code, stderr, _ = locust_run(tmp_path, "-u", "1", "-t", "5s", "--request-timeout", "0")
     assert code == 2, stderr[-3000:]
     assert "--request-timeout" in stderr and "Traceback" not in stderr
-    assert elapsed < 20
