@@ -7,7 +7,8 @@ the open loop (late starts, start lateness, cap waits, starts not made). Distrib
 is sent by the process in position i mod N of the ready workers (ordered by Locust's worker
 index, sent with the start): each entry exactly once. Every process reads the trace file
 itself (the master sends its digest: a worker with another file refuses the start), and the
-workers start the trace together, at a wall-clock time the master sets a second ahead.
+workers start the trace together, at a wall-clock time the master sets a second ahead (plus
+the time it took to read the trace, which each worker reads too).
 
 Without ``--trace-loop`` the run ends by itself once every entry was sent and answered: a
 local runner stops; a worker tells the master, which stops once all of them have.
@@ -135,13 +136,15 @@ def prepare_master(run: Run, workload: Workload) -> None:
         return
     check_options(options)
     model = options.trace_model or workload.models[0].model
+    started = time.time()
     trace = _load(options, model)
     workers = [0]
     origin = 0.0
     if run.role.collects:
         runner = run.environment.runner
         workers = sorted(runner.get_worker_index(c.id) for c in runner.clients.ready)
-        origin = time.time() + DISTRIBUTED_LEAD_S
+        # the workers read the trace too (about as long as this took) before they prepare
+        origin = time.time() + (time.time() - started) + DISTRIBUTED_LEAD_S
         if not workers:
             raise TraceError("--trace: no worker is ready")
     if max(1, int(options.num_users or 1)) < len(workers):
