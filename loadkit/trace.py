@@ -156,14 +156,16 @@ class Trace:
     models: tuple[str, ...] = field(default=())
 
     @property
+    def span_ms(self) -> float:
+        return self.entries[-1].offset_ms - self.entries[0].offset_ms
+
+    @property
     def period_ms(self) -> float:
         """The time from one pass's start to the next, looping: the span from the first
-        entry to the last plus one mean gap, so that a steady trace stays steady."""
-        entries = self.entries
-        span = entries[-1].offset_ms - entries[0].offset_ms
-        if len(entries) < 2 or span <= 0:
-            return max(span, 1.0)
-        return span * len(entries) / (len(entries) - 1)
+        entry to the last plus one mean gap, so that a steady trace stays steady (0 for a
+        trace whose entries all start at once: it cannot loop)."""
+        count = len(self.entries)
+        return self.span_ms * count / (count - 1) if count > 1 else 0.0
 
 
 def _where(path: str, line: int, err: ValidationError) -> str:

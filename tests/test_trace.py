@@ -61,6 +61,8 @@ def test_loadkit_format_reads_every_field_in_time_order(tmp_path: Path) -> None:
     assert (second.speed, second.input_tokens, second.output_target) == ("standard", 800, 0)
     assert (third.prefix_id, third.prefix_tokens) == ("p", 5000)
     assert trace.period_ms == pytest.approx(500 * 3 / 2)  # the span plus one mean gap
+    burst = write_lines(tmp_path / "burst.jsonl", [GOOD, GOOD])
+    assert load_trace(burst).period_ms == 0  # all at once: nothing to loop on
 
 
 GOOD = {"timestamp_ms": 0, "model": HAIKU, "input_tokens": 100, "max_tokens": 10}

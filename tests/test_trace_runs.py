@@ -240,6 +240,7 @@ def test_master_and_workers_send_each_entry_once(tmp_path: Path) -> None:
     [
         ({"timestamp_ms": 0, "model": HAIKU, "input_tokens": 10}, (), ":2: max_tokens: Field"),
         (None, ("--arrival-rate", "5"), "leave out --arrival-rate"),
+        (None, ("--trace-loop",), "starts at the same time, so the trace has no span"),
     ],
 )
 def test_bad_traces_and_options_stop_the_run(

@@ -138,6 +138,11 @@ def prepare_master(run: Run, workload: Workload) -> None:
     model = options.trace_model or workload.models[0].model
     started = time.time()
     trace = _load(options, model)
+    if options.trace_loop and trace.period_ms <= 0:
+        raise TraceError(
+            f"--trace-loop: every entry of {options.trace} starts at the same time, so the "
+            "trace has no span to repeat it after"
+        )
     workers = [0]
     origin = 0.0
     if run.role.collects:
