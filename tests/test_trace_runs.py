@@ -127,7 +127,9 @@ def test_mooncake_hash_sharing_shows_as_cache_reads(tmp_path: Path) -> None:
     tokens for Haiku 4.5). Expected here from the hash ids alone: each entry reads the
     longest run of equal blocks it begins with in common with an earlier entry, when that
     run is long enough; the emulator counts exactly 512 tokens a block, plus 7 tokens of
-    request and message framing before the first block."""
+    request and message framing before the first block. Entries 400 ms apart: each one's
+    prefix is cached (at its first token, ~100 ms) well before the next arrives, even on a
+    busy machine."""
     system = list(range(10))
     shapes = [
         ([*system, 10], 300),
@@ -139,7 +141,7 @@ def test_mooncake_hash_sharing_shows_as_cache_reads(tmp_path: Path) -> None:
         ([*system, 11, 12, 13], 200),  # the fourth again: all of it
     ]
     lines = [
-        {"timestamp": 250 * i, "input_length": (len(ids) - 1) * 512 + last,
+        {"timestamp": 400 * i, "input_length": (len(ids) - 1) * 512 + last,
          "output_length": 30, "hash_ids": ids, "session_id": f"e{i}"}
         for i, (ids, last) in enumerate(shapes)
     ]  # fmt: skip
