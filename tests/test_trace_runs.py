@@ -228,7 +228,10 @@ def test_master_and_workers_send_each_entry_once(tmp_path: Path) -> None:
     assert data["accounting"]["mismatches"] == []
     rows = records(tmp_path, "records*worker*.jsonl")
     assert sorted(r["session_id"] for r in rows) == sorted(line["session_id"] for line in lines)
-    assert len({r["process"] for r in rows}) == 2
+    shares = {}
+    for row in rows:
+        shares.setdefault(row["process"], set()).add(int(row["session_id"][1:]) % 2)
+    assert sorted(map(sorted, shares.values())) == [[0], [1]]  # one takes the even entries
     first = min(r["t_intended"] + r["wall_offset_ns"] for r in rows)
     by_id = {line["session_id"]: line["timestamp_ms"] for line in lines}
     for row in rows:  # one schedule across both processes, to a millisecond
