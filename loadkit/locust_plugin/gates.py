@@ -29,8 +29,12 @@ def measure(run: Run, summary: RunSummary) -> tuple[RunSummary, list[Verdict]]:
     settings = run.capacity
     sections: dict[str, Any] = {}
     if aggregate.schedule:
-        open_loop = OpenLoopSection(
-            **aggregate.schedule,
+        counts = aggregate.schedule
+        open_loop = OpenLoopSection(  # every count set, zeros too: the JSON shows them all
+            scheduled=counts["scheduled"],
+            late=counts["late"],
+            cap_waits=counts["cap_waits"],
+            not_started=counts["not_started"],
             start_lateness_ms_p50=aggregate.start_lateness.quantile(0.5),
             start_lateness_ms_p99=aggregate.start_lateness.quantile(0.99),
         )
