@@ -23,13 +23,17 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from loadkit import datasets
 from loadkit.cli import build_parser
+from loadkit.trace import load_trace
+from loadkit.workload import load_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
 VARIANTS = {"base": DEPLOY, "with-influxdb": DEPLOY / "with-influxdb"}
 OLDEST_KUBERNETES = "1.29"
 KNOWN_FIELDS = {"apiVersion", "kind", "namespace", "resources", "components", "configMapGenerator"}
+MOONCAKE_MODEL = "claude-sonnet-4-6"  # a Mooncake trace names none
 SECRET_NAME = re.compile(r"_(KEY|TOKEN|PASSWORD|AUTH)$")
 
 
@@ -256,27 +260,125 @@ def test_services_ports_and_probes(rendered: dict[str, list[dict[str, Any]]]) ->
         assert security == {"runAsNonRoot": True, "runAsUser": int(user)}
 
 
-def test_workload_files_come_from_a_configmap(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def mounted_files(
+    deployment: dict[str, Any], configmaps: dict[str, dict[str, Any]], mount_path: PurePosixPath
+) -> dict[str, str]:
+    """The files the kubelet puts in the volume mounted at ``mount_path``, by path in it: a
+    ``configMap`` volume or the ``configMap`` sources of a ``projected`` one, each key as a
+    file of its name or, when ``items`` are listed, only those keys, at their ``path``
+    (a listed key that the ConfigMap lacks keeps the pod from starting)."""
+    (mount,) = [
+        m for m in container(deployment)["volumeMounts"] if m["mountPath"] == str(mount_path)
+    ]
+    assert mount.get("readOnly") is True and "subPath" not in mount
+    (volume,) = [
+        v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    ]
+    if "configMap" in volume:
+        sources = [volume["configMap"]]
+    else:
+        sources = [source["configMap"] for source in volume["projected"]["sources"]]
+    files: dict[str, str] = {}
+    for source in sources:
+        data = configmaps[source["name"]]["data"]
+        assert not source.get("optional"), source["name"]
+        items = source.get("items") or [{"key": key, "path": key} for key in data]
+        for item in items:
+            assert item["key"] in data, f"{source['name']} has no key {item['key']}"
+            assert item["path"] not in files, f"two sources write {item['path']}"
+            files[item["path"]] = data[item["key"]]
+    return files
+
+
+def write_tree(files: dict[str, str], directory: Path) -> Path:
+    for name, text in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text)
+    return directory
+
+
+def test_workloads_directory_comes_from_configmaps(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """The master and the workers see the repository's whole workloads/ at the image's
+    workloads/: the workload files, the datasets they name (read by the master) and the
+    traces (read by every process, which must hold the master's file byte for byte).
+
+    ConfigMap keys are flat, so each subdirectory is a ConfigMap of its own, mapped back by
+    ``items`` in one projected volume. Kustomize adds a content hash to each generated
+    ConfigMap's name and rewrites the references to it; its default nameReference config
+    lists ``spec/template/spec/volumes/projected/sources/configMap/name`` for a Deployment
+    (kubernetes-sigs/kustomize, api/internal/konfig/builtinpluginconsts/namereference.go), so
+    the projected sources get the hashed names too (checked by hand: `kubectl kustomize`,
+    v5.5.0, names loadkit-workloads-traces-<hash> in both Deployments' volumes)."""
     objects = rendered["base"]
-    master = by_kind(objects, "Deployment")["loadkit-master"]
-    c = container(master)
+    deployments = by_kind(objects, "Deployment")
+    configmaps = by_kind(objects, "ConfigMap")
     workdir = PurePosixPath(dict(dockerfile())["WORKDIR"])
-    (mount,) = c["volumeMounts"]
-    (volume,) = master["spec"]["template"]["spec"]["volumes"]
-    assert volume["name"] == mount["name"]
-    workloads = by_kind(objects, "ConfigMap")[volume["configMap"]["name"]]["data"]
-    # --workload resolves (from the image's WORKDIR) to a key of the mounted ConfigMap.
-    path = workdir / option(command_line(c), "--workload")
-    assert path.parent == PurePosixPath(mount["mountPath"])
-    assert path.name in workloads
-    # The ConfigMap holds the repository's workload files as they are, every one of them.
-    shipped = {p.name: p.read_text() for p in (ROOT / "workloads").glob("*.yaml")}
-    assert workloads == shipped, "the copies differ from workloads/: run make k8s-sync"
-    # The locustfile and the workloads are in the image, where the command lines expect them.
-    locustfile = command_line(c)[2]
-    assert (ROOT / locustfile).is_file()
+    # The locustfile and the workloads are in the image, where the command lines expect them;
+    # the mount replaces the image's workloads/ with the ConfigMaps' copy.
     copies = [arg for instruction, arg in dockerfile() if instruction == "COPY"]
     assert "locustfiles ./locustfiles" in copies and "workloads ./workloads" in copies
+    mount_path = workdir / "workloads"
+    shipped = {
+        str(p.relative_to(ROOT / "workloads")): p.read_text()
+        for p in sorted((ROOT / "workloads").rglob("*"))
+        if p.is_file()
+    }
+    assert any(name.startswith("datasets/") for name in shipped)
+    assert any(name.startswith("traces/") for name in shipped)
+    master = mounted_files(deployments["loadkit-master"], configmaps, mount_path)
+    assert master == shipped, "the copies differ from workloads/: run make k8s-sync"
+    worker = mounted_files(deployments["loadkit-worker"], configmaps, mount_path)
+    assert worker == master
+    master_argv = command_line(container(deployments["loadkit-master"]))
+    assert (ROOT / master_argv[2]).is_file()
+    # --workload resolves (from the image's WORKDIR) to a file of the mount.
+    workload = workdir / option(master_argv, "--workload")
+    assert str(workload.relative_to(mount_path)) in master
+
+    # Every workload of the mount finds the datasets it names in the mount, not elsewhere
+    # (the image's loadkit is installed, so there is no checkout to fall back on).
+    mounted = write_tree(master, tmp_path / "workloads")
+    with_datasets = 0
+    for name in master:
+        if not name.endswith(".yaml") or "/" in name:
+            continue
+        raw = yaml.safe_load(master[name]) or {}
+        for entry in raw.get("datasets") or []:
+            if entry.get("path"):
+                found = datasets.resolve(entry["path"], mounted / name)
+                assert found.is_relative_to(mounted), (name, entry["path"], found)
+                with_datasets += 1
+        if raw.get("datasets"):
+            assert load_workload(mounted / name) == load_workload(ROOT / "workloads" / name)
+    assert with_datasets >= 2
+    # Every shipped trace is on the master and on each worker at workloads/traces/<file> (the
+    # path --trace takes, as the guides name it), with the digest the workers compare.
+    traces = sorted(p for p in (ROOT / "workloads" / "traces").glob("*.jsonl"))
+    guides = "\n".join((ROOT / g).read_text() for g in ("docs/traces.md", "docs/distributed.md"))
+    for trace in traces:
+        path = f"traces/{trace.name}"
+        assert f"workloads/{path}" in guides, path
+        on_worker = write_tree({path: worker[path]}, tmp_path / "worker") / path
+        digests = {load_trace(p, model=MOONCAKE_MODEL).digest for p in (on_worker, trace)}
+        assert len(digests) == 1, path
+
+
+def test_configmaps_fit_kubectl_apply(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """`kubectl apply` (client-side, as the guide runs it) stores each object whole in its
+    kubectl.kubernetes.io/last-applied-configuration annotation, and an object's annotations
+    may hold at most 256 KiB (262,144 bytes; kubernetes/kubectl#712): a larger ConfigMap is
+    refused ("metadata.annotations: Too long"), well before the 1 MiB a ConfigMap may hold
+    (kubernetes.io/docs/concepts/configuration/configmap). docs/distributed.md says what to do
+    with larger files."""
+    for variant, objects in rendered.items():
+        for name, configmap in by_kind(objects, "ConfigMap").items():
+            size = len(json.dumps(configmap, separators=(",", ":")).encode())
+            # room for the name's hash and what kubectl adds
+            assert size < 256 * 1024 - 1024, f"{variant} ConfigMap {name}: {size} bytes"
+    guide = (ROOT / "docs" / "distributed.md").read_text()
+    assert "256 KiB" in guide and "1 MiB" in guide and "--server-side" in guide
 
 
 def test_grafana_gets_the_repositorys_provisioning(
