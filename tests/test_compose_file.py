@@ -10,8 +10,9 @@ the local image only.
 
 from __future__ import annotations
 
+import fnmatch
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -78,3 +79,41 @@ def test_documented_commands_set_what_the_file_requires() -> None:
             missing = [name for name in required if f"{name}=$(" not in before]
             assert not missing, f"{document.name}: `docker compose up` without {missing}"
     assert shown >= 3
+
+
+def test_master_and_workers_run_the_images_workloads() -> None:
+    """Compose mounts nothing on the master or the workers: they use the image's workloads/,
+    subdirectories included, so a run can name workloads/datasets.yaml (whose datasets the
+    master reads) or replay workloads/traces/*.jsonl (read by every process, which must hold
+    the master's file byte for byte: one image, one file). The Dockerfile reference's COPY
+    (docs.docker.com/reference/dockerfile/#copy) copies a directory's contents whole, less
+    what .dockerignore leaves out of the build context."""
+    instructions = [
+        line.split(maxsplit=1)
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    workdir = PurePosixPath(dict((i.upper(), a) for i, a in instructions)["WORKDIR"])
+    assert ["COPY", "workloads ./workloads"] in instructions
+    files = [p.relative_to(ROOT) for p in (ROOT / "workloads").rglob("*") if p.is_file()]
+    assert {p.parts[1] for p in files if len(p.parts) > 2} >= {"datasets", "traces"}
+    ignore = ROOT / ".dockerignore"
+    patterns = []
+    if ignore.exists():
+        lines = [line.strip() for line in ignore.read_text().splitlines()]
+        patterns = [line.strip("/") for line in lines if line and not line.startswith("#")]
+    for path in files:
+        for part in [path, *path.parents[:-1]]:
+            hit = [p for p in patterns if fnmatch.fnmatch(part.as_posix(), p)]
+            assert not hit, f".dockerignore leaves {path} out of the image: {hit}"
+    workloads = workdir / "workloads"
+    services = _services()
+    for name in ("master", "worker"):
+        for volume in services[name].get("volumes") or []:
+            target = PurePosixPath(
+                volume["target"] if isinstance(volume, dict) else volume.split(":")[1]
+            )
+            hides = (
+                target == workloads or workloads in target.parents or target in workloads.parents
+            )
+            assert not hides, f"{name}: the volume at {target} hides the image's {workloads}"

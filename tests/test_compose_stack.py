@@ -41,6 +41,7 @@ from tests.servers import VictoriaMetrics
 
 pytestmark = pytest.mark.slow
 WORKERS = 2
+TRACE = "workloads/traces/example-loadkit.jsonl"
 VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
 
 
@@ -115,6 +116,15 @@ def healthcheck(topology: Topology, host: str, service: dict[str, Any], timeout:
         if time.monotonic() > deadline:
             raise AssertionError(f"{host}'s healthcheck {test[1:]} failed: {result.stderr[-2000:]}")
         time.sleep(0.5)
+
+
+def stop_and_wait(web: str) -> None:
+    """Stop the run from the web UI and wait until the master says it has stopped."""
+    httpx2.post(f"{web}/stop", timeout=30)
+    deadline = time.monotonic() + 30
+    while httpx2.get(f"{web}/stats/requests", timeout=5).json()["state"] != "stopped":
+        assert time.monotonic() < deadline, "the run did not stop"
+        time.sleep(0.2)
 
 
 def copied_by_dockerfile() -> set[str]:
@@ -199,9 +209,11 @@ def test_compose_services_run_and_are_wired(
             assert time.monotonic() < deadline, "the workers did not connect to the master"
             time.sleep(0.5)
 
-        # a run started from the web UI, as a user would: requests reach the emulator, and
-        # every worker's points reach the influxdb service
-        started = httpx2.post(f"{web}/swarm", data={"user_count": 4, "spawn_rate": 4}, timeout=30)
+        # a run started from the web UI, as a user would, on the datasets workload (the
+        # master reads its dataset files from the image's workloads/datasets/): requests reach
+        # the emulator, and every worker's points reach the influxdb service
+        form = {"user_count": 4, "spawn_rate": 4, "workload": "workloads/datasets.yaml"}
+        started = httpx2.post(f"{web}/swarm", data=form, timeout=30)
         assert started.json()["success"], started.text
         deadline = time.monotonic() + 60
         writers: set[str] = set()
@@ -210,12 +222,37 @@ def test_compose_services_run_and_are_wired(
             time.sleep(1.0)
             series = victoria.export("llm_request_attempts")
             writers = {s["metric"]["worker"].split("-worker-")[0] for s in series}
-        httpx2.post(f"{web}/stop", timeout=30)
+        stop_and_wait(web)
         received = httpx2.get(f"{emulator_url}/_emulator/stats", timeout=5).json()
         assert received["totals"]["received"] > 0
         assert writers == {f"worker{i}" for i in range(1, WORKERS + 1)}
         outcomes = {s["metric"]["outcome"] for s in victoria.export("llm_request_attempts")}
         assert "ok" in outcomes, outcomes
+
+        # a trace replay from the web UI: every worker reads the trace from its own image
+        # (a worker whose file differs from the master's refuses the start) and sends its
+        # share, every other entry: all of them reach the emulator, each once
+        entries = len((ROOT / TRACE).read_text().splitlines())
+        before = received["totals"]["received"]
+        form = {
+            "user_count": WORKERS,
+            "spawn_rate": WORKERS,
+            "workload": "workloads/default.yaml",
+            "trace": TRACE,
+            "trace_speedup": 40,  # its 44 s in about 1 s
+        }
+        started = httpx2.post(f"{web}/swarm", data=form, timeout=30)
+        assert started.json()["success"], started.text
+        deadline = time.monotonic() + 60
+        sent = 0
+        while sent < entries:
+            assert time.monotonic() < deadline, f"{sent} of the trace's {entries} entries sent"
+            time.sleep(0.2)
+            stats = httpx2.get(f"{emulator_url}/_emulator/stats", timeout=5).json()
+            sent = stats["totals"]["received"] - before
+        stop_and_wait(web)
+        stats = httpx2.get(f"{emulator_url}/_emulator/stats", timeout=5).json()
+        assert stats["totals"]["received"] - before == entries
     finally:
         victoria.stop()
     for process in topology.processes:
