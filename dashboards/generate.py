@@ -161,6 +161,57 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "TTFT vs TTFT-text p50 / p95: thinking, text and tools (content mode)",
+        "ms",
+        [
+            (
+                "A",
+                'SELECT percentile("ttft_ms", 50) AS "ttft_p50", percentile("ttft_ms", 95) AS '
+                '"ttft_p95", percentile("ttft_text_ms", 50) AS "ttft_text_p50", '
+                'percentile("ttft_text_ms", 95) AS "ttft_text_p95" FROM "llm_request" WHERE '
+                + SELECTED
+                + ' GROUP BY time($__interval), "model", "speed" fill(none)',
+            )
+        ],
+    ),
+    (
+        "Output tokens / s by kind: thinking, text, tool input (content mode)",
+        "none",
+        [
+            (
+                "A",
+                'SELECT sum("thinking_tokens") / 10 AS "thinking", sum("text_tokens") / 10 AS '
+                '"text", sum("tool_use_tokens") / 10 AS "tool_input" FROM "llm_request" WHERE '
+                f"{SELECTED} GROUP BY time({WINDOW}) fill(0)",
+            )
+        ],
+    ),
+    (
+        "TTFT p50 / p95 by prompt dataset",
+        "ms",
+        [
+            (
+                "A",
+                'SELECT percentile("ttft_ms", 50) AS "p50", percentile("ttft_ms", 95) AS "p95" '
+                f'FROM "llm_request" WHERE "dataset" != \'\' AND {SELECTED} '
+                'GROUP BY time($__interval), "dataset" fill(none)',
+            )
+        ],
+    ),
+    (
+        "Output-length adherence: output tokens / target, p10 / p50 / p90",
+        "none",
+        [
+            (
+                "A",
+                'SELECT percentile("output_ratio", 10) AS "p10", percentile("output_ratio", 50) '
+                'AS "p50", percentile("output_ratio", 90) AS "p90" FROM "llm_request" WHERE '
+                + SELECTED
+                + ' GROUP BY time($__interval), "model", "speed" fill(none)',
+            )
+        ],
+    ),
+    (
         "Users",
         "short",
         [

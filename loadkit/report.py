@@ -14,6 +14,7 @@ from pathlib import Path
 
 from loadkit.aggregate import Aggregate, Group, combine
 from loadkit.numbers import MISSING, number, percent, usd
+from loadkit.report_breakdown import breakdowns
 from loadkit.report_charts import Chart, Line, Point, colour, render
 from loadkit.results import GroupFigures, RunSummary, SweepSection
 from loadkit.sweep import capacity_label, capacity_line, unit, verdict
@@ -339,6 +340,7 @@ def render_report(aggregate: Aggregate, summary: RunSummary) -> str:
         f"{number(summary.total.failures)} failed, estimated cost "
         f"{usd(summary.total.cost_usd)}.</p>",
         _summary(summary),
+        breakdowns(summary, _table),
     ]
     if summary.sweep is not None:
         body.append(_sweep(summary.sweep))

@@ -225,6 +225,11 @@ E2E = "E2E p50 / p95 / p99 by model x speed/A"
 SCHEDULE_TTFT = "Schedule-relative TTFT p50 / p95 / p99 (from the intended start)/A"
 QUEUE = "Start lateness (queue) p50 / p95 / p99: open loop/A"
 LIMITED, FELL_BACK, RESPONSES_429 = (f"429s and fallbacks/{ref}" for ref in "ABC")
+REALISTIC_PANELS = (
+    "Output tokens / s by kind",
+    "TTFT p50 / p95 by prompt dataset",
+    "Output-length adherence",
+)
 
 
 def by_time(results: dict[str, list[dict[str, Any]]], key: str, name: str) -> dict[Any, float]:
@@ -277,7 +282,10 @@ def test_every_dashboard_query_runs_on_influxdb_1(
         influx.stop()
     total = data["total"]
 
-    assert all(results.values()), [k for k, v in results.items() if not v]
+    # (the panels of prompt datasets, content mode and output targets stay empty for ci.yaml;
+    # tests/test_realistic_views.py runs them on a run that has them)
+    filled = {k: v for k, v in results.items() if not k.startswith(REALISTIC_PANELS)}
+    assert all(filled.values()), [k for k, v in filled.items() if not v]
     groups = {(s["tags"]["model"], s["tags"]["speed"]) for s in results[TTFT]}
     assert groups == {(g["model"], g["speed"]) for g in data["groups"] if g["ttft_ms"]["p50"]}
     p50s = column(results, TTFT, "p50")

@@ -15,16 +15,16 @@ from typing import Any
 from loadkit.emulator.config import ConfigError, load_config
 from loadkit.locust_plugin.capacity import LIVE_WINDOWS
 from loadkit.locust_plugin.costguard import check_spending_cap
-from loadkit.locust_plugin.meta import current_meta
 from loadkit.locust_plugin.options import request_timeout
 from loadkit.locust_plugin.run import Run, load_workload_option, resolve_path
 from loadkit.locust_plugin.sweepshape import SweepShape
 from loadkit.locust_plugin.targets import TargetPolicy, TargetRefused
+from loadkit.locust_plugin.webui_breakdown import CSV_FIELDS, breakdown_rows, live_summary
 from loadkit.locust_plugin.webui_charts import series
 from loadkit.locust_plugin.webui_form import form_options, from_form
 from loadkit.results import GroupFigures, finite, summary_json
 from loadkit.slo import SLOError, parse_slos
-from loadkit.summary import build_summary, figures, table_rows
+from loadkit.summary import figures, table_rows
 from loadkit.workload import WorkloadError
 
 TAB = "llm"
@@ -172,6 +172,10 @@ def install(web_ui: Any, run: Run) -> None:
     ]
     web_ui.template_args["extended_csv_files"] = [
         {"href": "./loadkit/llm.csv", "title": "LLM figures per model x speed (CSV)"},
+        {
+            "href": "./loadkit/breakdown.csv",
+            "title": "LLM figures by dataset, turn, content and output target (CSV)",
+        },
         {"href": "./loadkit/summary.json", "title": "loadkit summary (JSON)"},
     ]
     locust_template_args = web_ui.update_template_args
@@ -251,14 +255,16 @@ def install(web_ui: Any, run: Run) -> None:
     @web_ui.app.route("/loadkit/summary.json")
     @web_ui.auth_required_if_enabled
     def llm_summary() -> Any:
-        summary = build_summary(
-            run.aggregate,
-            run.run_id,
-            current_meta(run),
-            run.fallback_settings,
-            run.dataset_names,
-        )
-        return Response(summary_json(summary), mimetype="application/json")
+        return Response(summary_json(live_summary(run)), mimetype="application/json")
+
+    @web_ui.app.route("/loadkit/breakdown.csv")
+    @web_ui.auth_required_if_enabled
+    def llm_breakdown_csv() -> Any:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(breakdown_rows(live_summary(run)))
+        return Response(buffer.getvalue(), mimetype="text/csv")
 
     @web_ui.app.route("/loadkit/series.json")
     @web_ui.auth_required_if_enabled

@@ -123,6 +123,10 @@ class LineFormatter:
             optional += f",otps={otps}"
         if r.turn:
             optional += f",turn={r.turn}i"
+        if r.output_target:
+            optional += f",output_target={r.output_target}i"
+            if r.ok:  # the summary's ratio covers the requests that completed
+                optional += f",output_ratio={r.output_tokens / r.output_target}"
         if r.parsed_content:  # conversations, tools, thinking (loadkit.content)
             optional += (
                 f",thinking_tokens={r.thinking_tokens}i,text_tokens={r.text_tokens}i,"
@@ -136,10 +140,14 @@ class LineFormatter:
         # a tag (a short list of API error types and exception names), so that dashboards
         # can group failures by it
         error_tag = f",error_type={_tag(r.error_type)}" if r.error_type else ""
+        # the workload's dataset names: few, so a tag (session ids are left out: one a
+        # conversation)
+        dataset_tag = f",dataset={_tag(r.dataset)}" if r.dataset else ""
         return (
             f"{REQUEST},{self.common},scenario={_tag(r.scenario)},model={_tag(r.model)},"
             f"speed={r.speed},served_speed={r.served_speed or 'none'},"
-            f"outcome={r.outcome.value},fallback={'true' if r.fell_back else 'false'}{error_tag} "
+            f"outcome={r.outcome.value},fallback={'true' if r.fell_back else 'false'}{error_tag}"
+            f"{dataset_tag} "
             f"attempts={len(r.attempts)}i,responses_429={r.responses_429}i,status={r.status}i,"
             f"input_tokens={r.input_tokens}i,"
             f"output_tokens={r.output_tokens}i,cache_read_tokens={r.cache_read_input_tokens}i,"

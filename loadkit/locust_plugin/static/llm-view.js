@@ -88,6 +88,102 @@
     return specs;
   }
 
+  function pct(share) {
+    return share === null || share === undefined || !Number.isFinite(share) ? "-" : (share * 100).toFixed(1) + "%";
+  }
+
+  // Each model x speed of the summary, then "all".
+  function perGroup(summary) {
+    return summary.groups.map((g) => [groupName(g), g]).concat([["all", summary.total]]);
+  }
+
+  // The summary's breakdowns, when the run has them, as tables: the columns of the HTML
+  // report's (loadkit/report_breakdown.py) and of the printed summary.
+  function breakdownSpecs(summary) {
+    const specs = [];
+    const trace = summary.trace;
+    if (trace) {
+      specs.push({
+        key: "trace",
+        title: "Trace replay",
+        headers: ["trace", "format", "entries", "speed-up", "processes", "completed"],
+        rows: [[trace.path, trace.format, fmt(trace.entries), trace.speedup + "x" + (trace.loop ? ", looped" : ""), fmt(trace.processes),
+          trace.completed ? "every entry was sent and answered" : "not yet every entry sent and answered"]],
+      });
+    }
+    const content = perGroup(summary).filter(([, g]) => g.content);
+    if (content.length) {
+      specs.push({
+        key: "content",
+        title: "Thinking, text and tools (TTFT-text: to the first text token; tool round trip: tool call's end to the first token after its result)",
+        headers: ["Model x speed", "Requests", "TTFT p50 ms", "TTFT-text p50 ms", "TTFT-text p95 ms", "Thinking tokens", "Text tokens",
+          "Tool-input tokens", "Tool calls", "Tool round trip p50 ms", "Tool round trip p95 ms"],
+        rows: content.map(([name, g]) => {
+          const c = g.content;
+          return [name, fmt(c.requests), fmt(g.ttft_ms.p50), fmt(c.ttft_text_ms.p50), fmt(c.ttft_text_ms.p95), fmt(c.thinking_tokens),
+            fmt(c.text_tokens), fmt(c.tool_use_tokens), fmt(c.tool_calls), fmt(c.tool_round_trip_ms.p50), fmt(c.tool_round_trip_ms.p95)];
+        }),
+      });
+    }
+    if (summary.by_turn && summary.by_turn.length) {
+      specs.push({
+        key: "turn",
+        title: "By conversation turn (cache read share: cache reads over all input tokens)",
+        headers: ["Turn", "Requests", "TTFT p50 ms", "TTFT p95 ms", "Cache read share", "Est. cost $"],
+        rows: summary.by_turn.map((t) => [fmt(t.turn), fmt(t.requests), fmt(t.ttft_ms.p50), fmt(t.ttft_ms.p95), pct(t.cache_read_share), fmt(t.cost_usd)]),
+      });
+    }
+    if (summary.by_dataset && summary.by_dataset.length) {
+      specs.push({
+        key: "dataset",
+        title: "By prompt dataset (over every model x speed; input tokens include cache reads and writes)",
+        headers: ["Dataset", "Requests", "OK", "TTFT p50 ms", "TTFT p95 ms", "OTPS p50", "OTPS p10", "E2E p50 ms", "E2E p95 ms",
+          "Input tokens", "Output tokens", "Est. cost $"],
+        rows: summary.by_dataset.map((d) => [d.dataset, fmt(d.requests), fmt(d.ok), fmt(d.ttft_ms.p50), fmt(d.ttft_ms.p95), fmt(d.otps.p50),
+          fmt(d.otps.p10), fmt(d.e2e_ms.p50), fmt(d.e2e_ms.p95), fmt(d.input_tokens + d.cache_read_input_tokens + d.cache_creation_input_tokens),
+          fmt(d.output_tokens), fmt(d.cost_usd)]),
+      });
+    }
+    const targets = perGroup(summary).filter(([, g]) => g.output_target);
+    if (targets.length) {
+      specs.push({
+        key: "output_target",
+        title: "Output-length targets (ratio: output tokens / target, of the requests that completed)",
+        headers: ["Model x speed", "Targeted", "Measured", "Ratio p10", "Ratio p50", "Ratio p90", "Within 20%", "At max_tokens"],
+        rows: targets.map(([name, g]) => {
+          const t = g.output_target;
+          return [name, fmt(t.requests), fmt(t.measured), fmt(t.ratio.p10), fmt(t.ratio.p50), fmt(t.ratio.p90), pct(t.within_20pct), pct(t.at_max_tokens)];
+        }),
+      });
+    }
+    return specs;
+  }
+
+  function renderTables(box, summary) {
+    box.replaceChildren();
+    for (const spec of breakdownSpecs(summary)) {
+      const figure = document.createElement("figure");
+      figure.className = "loadkit-breakdown";
+      figure.dataset.section = spec.key;
+      const caption = document.createElement("figcaption");
+      caption.textContent = spec.title;
+      const table = document.createElement("table");
+      const head = table.createTHead().insertRow();
+      for (const h of spec.headers) {
+        const th = document.createElement("th");
+        th.textContent = h;
+        head.appendChild(th);
+      }
+      const body = table.createTBody();
+      for (const row of spec.rows) {
+        const tr = body.insertRow();
+        for (const cell of row) tr.insertCell().textContent = cell;
+      }
+      figure.append(caption, table);
+      box.appendChild(figure);
+    }
+  }
+
   // An axis as wide as its widest tick label needs (a rough 7 px a character at 12 px).
   function axis(scale, side, label) {
     return {
@@ -138,6 +234,7 @@
     constructor() {
       this.charts = new Map(); // key -> {plot, shape, spec}
       this.data = null;
+      this.summaryData = null; // the live summary (/loadkit/summary.json): the tables' figures
       this.root = null;
     }
 
@@ -149,10 +246,12 @@
       const anchor = table.closest(".MuiTableContainer-root, .MuiPaper-root") || table;
       this.root = document.createElement("section");
       this.root.id = VIEW_ID;
-      this.root.innerHTML = '<p class="loadkit-status">Waiting for the first time window...</p><div class="loadkit-charts"></div>';
+      this.root.innerHTML =
+        '<p class="loadkit-status">Waiting for the first time window...</p><div class="loadkit-charts"></div><div class="loadkit-tables"></div>';
       anchor.parentElement.insertBefore(this.root, anchor);
       this.charts.clear();
       if (this.data) this.render(this.data);
+      if (this.summaryData) renderTables(this.root.querySelector(".loadkit-tables"), this.summaryData);
       return true;
     }
 
@@ -165,6 +264,14 @@
         this.render(this.data);
       } catch (err) {
         this.status("Charts unavailable: " + err.message);
+      }
+      try {
+        const response = await fetch("./loadkit/summary.json", { cache: "no-store" });
+        if (!response.ok) throw new Error("HTTP " + response.status);
+        this.summaryData = await response.json();
+        renderTables(this.root.querySelector(".loadkit-tables"), this.summaryData);
+      } catch (err) {
+        this.status("Tables unavailable: " + err.message);
       }
     }
 
