@@ -188,11 +188,17 @@ class Job:
     def _first_token(self) -> None:
         if self._early(self.t_first_target, self._first_token):
             return
-        now = time.perf_counter()
         host = self.host
-        host.stats.record_lateness(now - self.t_first_target)
         host.cache.store(self.prompt_breakpoints, host.loop.time())
         self.prompt_breakpoints = []
+        first_step = None
+        if self.stream and self.plan.blocks is not None:
+            self.steps = answer.steps(self.plan.blocks, host.tokens_per_delta, host.delta_events)
+            first_step = next(self.steps)
+        # The first token's time is taken once the work before its write is done: the ground
+        # truth is when its bytes leave, not when the timer fired.
+        now = time.perf_counter()
+        host.stats.record_lateness(now - self.t_first_target)
         self.served = self._served_record(now)
         host.stats.add_served(self.served)
         if not self.stream:
@@ -201,9 +207,8 @@ class Job:
             )
             self._at(end, self._finish_unary)
             return
-        if self.plan.blocks is not None:
-            self.steps = answer.steps(self.plan.blocks, host.tokens_per_delta, host.delta_events)
-            self._send_step(next(self.steps))
+        if first_step is not None:
+            self._send_step(first_step)
             return
         self._send_tokens(1)
 
