@@ -50,13 +50,28 @@ MAX_STAMP_AGE_NS = 10_000_000_000  # older than this, the stamp is not trusted
 
 _perf_ns = time.perf_counter_ns
 _wall_ns = time.time_ns
+# Two clock reads further apart than this were split by a pause (another thread took the GIL
+# between them: the records and InfluxDB writers hold it for milliseconds): read again.
+CLOCK_PAIR_NS = 20_000
+CLOCK_PAIR_TRIES = 3
+
+
+def _clocks() -> tuple[int, int]:
+    """``(perf_counter_ns, time_ns)`` of one instant, as closely as they can be read."""
+    for _ in range(CLOCK_PAIR_TRIES):
+        before = _perf_ns()
+        wall = _wall_ns()
+        now = _perf_ns()
+        if now - before <= CLOCK_PAIR_NS:
+            break
+    return now, wall + (now - before) // 2
 
 
 def _arrival(ancillary: list[tuple[int, int, bytes]], now: int, wall: int) -> int:
     """The kernel's receive stamp as a perf_counter_ns time (``now`` when there is none).
 
-    ``wall`` is the wall clock read just before ``now``: a pause between the two reads
-    can only make the result later than the true arrival, never earlier.
+    ``wall`` is the wall clock at ``now`` (``_clocks``): were the two reads split by a pause,
+    the result could only be later than the true arrival, never earlier.
     """
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
@@ -155,8 +170,8 @@ class _Connection:
     def _recv_wire(self) -> bytes:
         if self.stamps:
             data, ancillary, _, _ = self.sock.recvmsg(RECV_BYTES, ANCILLARY_BYTES)
-            wall = _wall_ns()
-            self.progress_ns = now = _perf_ns()
+            now, wall = _clocks()
+            self.progress_ns = now
             arrival = _arrival(ancillary, now, wall)
             # Bytes cannot arrive before earlier ones, nor before the request was sent: a
             # step of the wall clock (the kernel's stamps are wall-clock times) could say so.

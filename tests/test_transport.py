@@ -365,3 +365,47 @@ def test_against_the_emulator(emulator: EmulatorProcess) -> None:
             json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
         )
         assert response.status_code == 400 and "messages" in response.text
+
+
+def _tight_clock_offset() -> int:
+    """time_ns - perf_counter_ns, from the closest of many back-to-back reads."""
+    best = (1 << 62, 0)
+    for _ in range(100):
+        before = time.perf_counter_ns()
+        wall = time.time_ns()
+        after = time.perf_counter_ns()
+        best = min(best, (after - before, wall - (before + after) // 2))
+    return best[1]
+
+
+def test_the_clock_pair_of_a_read_is_not_split_by_another_thread() -> None:
+    """A read's kernel stamp (wall clock) becomes a perf_counter time through a pair of clock
+    reads. Another thread holding the GIL (the records and InfluxDB writers do, for
+    milliseconds) can take it between the two reads; read one after the other, the pair was
+    then apart by up to the switch interval, and the arrival stamped that much late (an
+    agentic run's TTFT came out 2-4 ms after the emulator's ground truth). ``_clocks`` reads
+    the pair again when it was split."""
+    stop = threading.Event()
+
+    def hold_the_gil() -> None:
+        count = 0
+        while not stop.is_set():
+            count += 1
+
+    offset = _tight_clock_offset()
+    hog = threading.Thread(target=hold_the_gil)
+    hog.start()
+    naive_worst = paired_worst = 0
+    try:
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            wall = time.time_ns()
+            now = time.perf_counter_ns()
+            naive_worst = max(naive_worst, abs(wall - now - offset))
+            now, wall = lean._clocks()
+            paired_worst = max(paired_worst, abs(wall - now - offset))
+    finally:
+        stop.set()
+        hog.join()
+    assert naive_worst > 1_000_000, "no split read was provoked: the test proves nothing"
+    assert paired_worst < 200_000, f"a pair of clock reads was {paired_worst / 1e3:.0f} us apart"
