@@ -302,24 +302,26 @@ TAB_SECTIONS = {"content": "content", "turn": "by-turn", "dataset": "by-dataset"
                 "output_target": "output-targets"}  # fmt: skip
 
 
-def _half_up(value: float, digits: int) -> Decimal:
-    return Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+def _half_up(value: Decimal, digits: int) -> Decimal:
+    return value.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
 
 
 def tab_number(value: float | None) -> str:
-    """The tab's fmt(): number()'s digits by size, ties away from zero and trailing zeros
-    dropped (JavaScript's toLocaleString)."""
+    """The tab's fmt(): number()'s digits by size, trailing zeros dropped. JavaScript's
+    toLocaleString rounds the shortest decimal that reads back as the value, ties away from
+    zero (4.015 -> 4.02; Python's f-format rounds the binary value: 4.01)."""
     if value is None:
         return "-"
     size = abs(value)
     digits = 0 if size >= 100 else 1 if size >= 10 else 2 if size >= 1 else 3
-    shown = f"{_half_up(value, digits):,f}"
+    shown = f"{_half_up(Decimal(repr(value)), digits):,f}"
     return shown.rstrip("0").rstrip(".") if "." in shown else shown
 
 
 def tab_percent(share: float | None) -> str:
-    """The tab's pct(): JavaScript's toFixed(1), ties up."""
-    return "-" if share is None else f"{_half_up(share * 100, 1)}%"
+    """The tab's pct(): JavaScript's toFixed(1), which rounds the exact binary value of
+    share * 100, ties up."""
+    return "-" if share is None else f"{_half_up(Decimal(share * 100), 1)}%"
 
 
 @pytest.mark.slow
