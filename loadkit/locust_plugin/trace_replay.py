@@ -29,8 +29,8 @@ from gevent.pool import Pool
 
 from loadkit.gctune import tune_gc
 from loadkit.locust_plugin.console import say
-from loadkit.locust_plugin.openloop import LATE_START_MS
 from loadkit.locust_plugin.run import Run, resolve_path
+from loadkit.locust_plugin.starts import send_on_schedule
 from loadkit.results import TraceSection
 from loadkit.trace import FORMATS, MOONCAKE_BLOCK_SIZE, Trace, TraceEntry, TraceError, load_trace
 from loadkit.trace_prompts import TracePrompts
@@ -233,39 +233,10 @@ def _replay(
     user: Any, run: Run, state: TraceReplay, schedule: Iterator[tuple[int, TraceEntry]]
 ) -> bool:
     """Send every entry at its time; True when all were sent and answered."""
-    assert state.prompts is not None
-    pool = Pool(state.in_flight_cap)
-    counts = run.aggregate
-    due: int | None = None  # the next start, taken from the schedule and not yet made
-    try:
-        for due, entry in schedule:
-            spec = state.prompts.spec(entry)  # built before its time comes
-            delay = (due - time.perf_counter_ns()) / 1e9
-            if delay > 0:
-                gevent.sleep(delay)
-            if run.stopping_at:  # the run is ending: no more starts are owed
-                return False
-            if pool.full():
-                counts.schedule["cap_waits"] += 1
-                pool.wait_available()
-            late_ms = (time.perf_counter_ns() - due) / 1e6
-            counts = run.aggregate  # a worker's report swaps it for a new one
-            counts.schedule["scheduled"] += 1
-            if late_ms > LATE_START_MS:
-                counts.schedule["late"] += 1
-            counts.start_lateness.add(max(late_ms, 1e-3))
-            spec.t_intended = due
-            pool.spawn(user.send, spec)
-            due = None
-        pool.join()  # in flight: answered, unless the user is killed first (then cancelled)
-        return True
-    finally:
-        # Starts whose time came before the run's end, never made: counted, not lost.
-        now = run.stopping_at or time.perf_counter_ns()
-        while due is not None and due <= now:
-            run.aggregate.schedule["not_started"] += 1
-            due = next(schedule, (None, None))[0]
-        pool.kill(block=True)
+    prompts = state.prompts
+    assert prompts is not None
+    starts = ((due, prompts.spec(entry)) for due, entry in schedule)
+    return send_on_schedule(run, Pool(state.in_flight_cap), starts, user.send)
 
 
 def _stop(run: Run, why: str) -> None:

@@ -10,7 +10,6 @@ counts from its scheduled start (single requests: conversations are closed loop)
 from __future__ import annotations
 
 import random
-import time
 
 import gevent
 from gevent.pool import Pool
@@ -22,6 +21,7 @@ from loadkit.client import RequestCancelled, RequestSpec
 from loadkit.locust_plugin import costguard, openloop, trace_replay
 from loadkit.locust_plugin.reporting import report
 from loadkit.locust_plugin.run import Run, run_of
+from loadkit.locust_plugin.starts import send_on_schedule
 from loadkit.record import ResultRecord
 
 
@@ -100,36 +100,7 @@ class LLMUser(User):
     def open_loop(self, schedule: ArrivalSchedule) -> None:
         run = self.loadkit_run
         settings = run.capacity
-        assert settings is not None and run.workload is not None
-        pool = Pool(settings.in_flight_per_user)
-        counts = run.aggregate
-        due: int | None = None  # the next start, taken from the schedule and not yet made
-        try:
-            while True:
-                due = schedule.next_start()
-                delay = (due - time.perf_counter_ns()) / 1e9
-                if delay > 0:
-                    gevent.sleep(delay)
-                if run.stopping_at:  # the run is ending: no more starts are owed
-                    break
-                if pool.full():
-                    counts.schedule["cap_waits"] += 1
-                    pool.wait_available()
-                late_ms = (time.perf_counter_ns() - due) / 1e6
-                counts = run.aggregate  # a worker's report swaps it for a new one
-                counts.schedule["scheduled"] += 1
-                if late_ms > openloop.LATE_START_MS:
-                    counts.schedule["late"] += 1
-                counts.start_lateness.add(max(late_ms, 1e-3))
-                spec = conversation.with_agentic(run.next_spec(), run.workload)
-                spec.t_intended = due
-                pool.spawn(self.send, spec)
-                due = None
-            pool.join()  # in flight: finished, unless the user is killed first (then cancelled)
-        finally:
-            # Starts whose time came while waiting for the cap, never made: counted, not lost.
-            now = run.stopping_at or time.perf_counter_ns()
-            while due is not None and due <= now:
-                run.aggregate.schedule["not_started"] += 1
-                due = schedule.next_start()
-            pool.kill(block=True)  # their streams end as cancelled, each one reported
+        assert settings is not None
+        # each spec is drawn when its start is taken from the schedule, before its time comes
+        starts = ((due, run.next_spec()) for due in iter(schedule.next_start, None))
+        send_on_schedule(run, Pool(settings.in_flight_per_user), starts, self.send)
