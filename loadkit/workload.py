@@ -19,8 +19,9 @@ Bounds (every number must also be finite: ``.inf`` and ``.nan`` are refused):
   (system prefix, first prompt, every turn's user message and answer, tool results) within
   ``MAX_CONTEXT_TOKENS``;
 - ``thinking.budget_tokens`` at least 1,024 and below every ``max_tokens`` the workload can
-  draw (unless ``interleaved`` with ``tools``), not with ``temperature`` (extended thinking page, "Feature compatibility", as of
-  2026-11), and with ``tools`` only under ``tool_choice`` auto or none;
+  draw (unless ``interleaved`` with ``tools``), not with ``temperature`` (extended thinking
+  page, "Feature compatibility", as of 2026-11), and with ``tools`` only under
+  ``tool_choice`` auto or none;
 - ``tools``: names ``^[a-zA-Z0-9_-]{1,64}$``, unique; ``input_schema`` of type object; a
   ``tool_choice`` of type tool names one of them; ``max_calls_per_turn`` at most 100.
 """
