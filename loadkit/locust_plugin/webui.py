@@ -29,47 +29,53 @@ from loadkit.workload import WorkloadError
 
 TAB = "llm"
 STATIC = Path(__file__).parent / "static"
-# The page's own scripts: the uPlot chart library (vendored, for offline use) and the view.
+# The page's own scripts: the uPlot chart library (vendored, for offline use), the report's
+# number formats and the view. Put first in <head>: deferred before Locust's module script, they
+# run before it reads window.templateArgs (the view gives the LLM table its cell formats).
 HEAD = (
     '<link rel="stylesheet" href="./loadkit/static/vendor/uplot/uPlot.min.css">'
     '<link rel="stylesheet" href="./loadkit/static/llm-view.css">'
     '<script src="./loadkit/static/vendor/uplot/uPlot.iife.min.js"></script>'
+    '<script src="./loadkit/static/numbers.js" defer></script>'
     '<script src="./loadkit/static/llm-view.js" defer></script>'
 )
 # "user:password" for HTTP basic auth on the whole web UI (from the environment only).
 WEB_AUTH_ENV = "LOADKIT_WEB_AUTH"
-# Plain numbers (the tab shows them as they are, the CSV holds them as numbers).
+# Plain numbers (the CSV holds them as numbers); the tab formats them as the report does,
+# each column by its rule of loadkit/numbers.py (static/numbers.js): "" for text.
 COLUMNS = [
-    ("name", "Model x speed"),
-    ("served", "Served"),
-    ("requests", "Requests"),
-    ("failures", "Failures"),
-    ("cancelled", "Cancelled (run end)"),
-    ("responses_429", "429 responses"),
-    ("rate_limited", "Ended rate-limited"),
-    ("failures_by_type", "Failures by type"),
-    ("ttft_p50", "TTFT p50 ms"),
-    ("ttft_p90", "TTFT p90 ms"),
-    ("ttft_p99", "TTFT p99 ms"),
-    ("otps_p10", "OTPS p10"),
-    ("otps_p50", "OTPS p50"),
-    ("otps_p90", "OTPS p90"),
-    ("e2e_p50", "E2E p50 ms"),
-    ("e2e_p99", "E2E p99 ms"),
-    ("input_tps", "Input tok/s"),
-    ("output_tps", "Output tok/s"),
-    ("cache_hit_pct", "Cache hit %"),
-    ("cost_usd", "Est. cost $"),
+    ("name", "Model x speed", ""),
+    ("served", "Served", ""),
+    ("requests", "Requests", "count"),
+    ("failures", "Failures", "count"),
+    ("cancelled", "Cancelled (run end)", "count"),
+    ("responses_429", "429 responses", "count"),
+    ("rate_limited", "Ended rate-limited", "count"),
+    ("failures_by_type", "Failures by type", ""),
+    ("ttft_p50", "TTFT p50 ms", "number"),
+    ("ttft_p90", "TTFT p90 ms", "number"),
+    ("ttft_p99", "TTFT p99 ms", "number"),
+    ("otps_p10", "OTPS p10", "number"),
+    ("otps_p50", "OTPS p50", "number"),
+    ("otps_p90", "OTPS p90", "number"),
+    ("e2e_p50", "E2E p50 ms", "number"),
+    ("e2e_p99", "E2E p99 ms", "number"),
+    ("input_tps", "Input tok/s", "number"),
+    ("output_tps", "Output tok/s", "number"),
+    ("cache_hit_pct", "Cache hit %", "percent"),
+    ("cost_usd", "Est. cost $", "usd"),
 ]
 
 
-def _num(value: float | None, digits: int = 1) -> float | str:
-    return "" if value is None else round(value, digits)
+def _num(value: float | None, digits: int | None = 1) -> float | str:
+    return "" if value is None else value if digits is None else round(value, digits)
 
 
-def rows(run: Run, cost_digits: int = 6) -> list[dict[str, Any]]:
-    """The summary table's rows (``table_rows``), as plain numbers (the CSV's full cost,
-    the page's to ``cost_digits``)."""
+def rows(run: Run, page: bool = False) -> list[dict[str, Any]]:
+    """The summary table's rows (``table_rows``), as plain numbers: the CSV's to 0.1 (the
+    cost to 6 decimals), the page's unrounded with the cache hit as a share (for
+    numbers.js's percent(), so that the tab rounds each figure once, as the report does)."""
+    digits, cost_digits = (None, None) if page else (1, 6)
     model_groups, total = figures(run.aggregate)
     groups: dict[tuple[str, str], GroupFigures] = {(g.model, g.speed): g for g in model_groups}
     groups[("all", "")] = total
@@ -78,6 +84,8 @@ def rows(run: Run, cost_digits: int = 6) -> list[dict[str, Any]]:
         group = groups[(row["model"], row["speed"])]
         first = row["failures"] is not None
         hit = group.cache_hit_ratio
+        if hit is not None and not page:
+            hit *= 100  # the CSV's column is a percentage
         out.append(
             {
                 "name": f"{row['model']} {row['speed']}".strip(),
@@ -90,17 +98,17 @@ def rows(run: Run, cost_digits: int = 6) -> list[dict[str, Any]]:
                 "failures_by_type": ", ".join(
                     f"{k} x{v}" for k, v in sorted(row["failures_by_type"].items())
                 ),
-                "ttft_p50": _num(row["ttft_ms"]["p50"]),
-                "ttft_p90": _num(row["ttft_ms"]["p90"]),
-                "ttft_p99": _num(row["ttft_ms"]["p99"]),
-                "otps_p10": _num(row["otps"]["p10"]),
-                "otps_p50": _num(row["otps"]["p50"]),
-                "otps_p90": _num(row["otps"]["p90"]),
-                "e2e_p50": _num(row["e2e_ms"]["p50"]),
-                "e2e_p99": _num(row["e2e_ms"]["p99"]),
-                "input_tps": _num(group.input_tokens_per_s) if first else "",
-                "output_tps": _num(group.output_tokens_per_s) if first else "",
-                "cache_hit_pct": _num(hit * 100 if hit is not None else None) if first else "",
+                "ttft_p50": _num(row["ttft_ms"]["p50"], digits),
+                "ttft_p90": _num(row["ttft_ms"]["p90"], digits),
+                "ttft_p99": _num(row["ttft_ms"]["p99"], digits),
+                "otps_p10": _num(row["otps"]["p10"], digits),
+                "otps_p50": _num(row["otps"]["p50"], digits),
+                "otps_p90": _num(row["otps"]["p90"], digits),
+                "e2e_p50": _num(row["e2e_ms"]["p50"], digits),
+                "e2e_p99": _num(row["e2e_ms"]["p99"], digits),
+                "input_tps": _num(group.input_tokens_per_s, digits) if first else "",
+                "output_tps": _num(group.output_tokens_per_s, digits) if first else "",
+                "cache_hit_pct": _num(hit, digits) if first else "",
                 "cost_usd": _num(group.cost_usd, cost_digits) if first else "",
             }
         )
@@ -167,7 +175,10 @@ def install(web_ui: Any, run: Run) -> None:
     web_ui.template_args["extended_tables"] = [
         {
             "key": TAB,
-            "structure": [{"key": _page_key(key), "title": title} for key, title in COLUMNS],
+            "structure": [
+                {"key": _page_key(key), "title": title, "format": form}
+                for key, title, form in COLUMNS
+            ],
         }
     ]
     web_ui.template_args["extended_csv_files"] = [
@@ -195,14 +206,14 @@ def install(web_ui: Any, run: Run) -> None:
     def add_llm_view(response: Any) -> Any:
         if request.path.endswith("/stats/requests") and response.is_json:
             payload = response.get_json()
-            page_rows = [{_page_key(k): v for k, v in row.items()} for row in rows(run, 3)]
+            page_rows = [{_page_key(k): v for k, v in row.items()} for row in rows(run, page=True)]
             payload["extended_stats"] = [{"key": TAB, "data": finite(page_rows)}]
             response.set_data(json.dumps(payload))
             return response
         index = (request.endpoint or "").rsplit(".", 1)[-1] == "index"  # in Locust's blueprint
         if index and response.mimetype == "text/html":
             page = response.get_data(as_text=True)
-            response.set_data(page.replace("</head>", HEAD + "</head>", 1))
+            response.set_data(page.replace("<head>", "<head>" + HEAD, 1))
         return response
 
     credentials = os.environ.get(WEB_AUTH_ENV, "")
@@ -247,7 +258,7 @@ def install(web_ui: Any, run: Run) -> None:
     @web_ui.auth_required_if_enabled
     def llm_csv() -> Any:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=[key for key, _ in COLUMNS])
+        writer = csv.DictWriter(buffer, fieldnames=[key for key, _, _ in COLUMNS])
         writer.writeheader()
         writer.writerows(rows(run))
         return Response(buffer.getvalue(), mimetype="text/csv")

@@ -10,9 +10,13 @@
   const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"];
   const SLO_COLOR = "#555";
 
-  // At most 3 decimals, fewer as values grow, thousands grouped: the rule of number() in
-  // loadkit/numbers.py (trailing zeros dropped).
-  function fmt(value) {
+  // Figures read as in the report: loadkit/numbers.py's rules (static/numbers.js, loaded first).
+  const N = window.loadkitNumbers;
+  const fmt = N.number;
+  const count = N.count;
+
+  // An axis tick: at most 3 decimals, fewer as values grow, trailing zeros dropped.
+  function tick(value) {
     if (value === null || value === undefined || !Number.isFinite(value)) return "-";
     const size = Math.abs(value);
     const digits = size >= 100 ? 0 : size >= 10 ? 1 : size >= 1 ? 2 : 3;
@@ -88,10 +92,6 @@
     return specs;
   }
 
-  function pct(share) {
-    return share === null || share === undefined || !Number.isFinite(share) ? "-" : (share * 100).toFixed(1) + "%";
-  }
-
   // Each model x speed of the summary, then "all".
   function perGroup(summary) {
     return summary.groups.map((g) => [groupName(g), g]).concat([["all", summary.total]]);
@@ -107,7 +107,7 @@
         key: "trace",
         title: "Trace replay",
         headers: ["trace", "format", "entries", "speed-up", "processes", "completed"],
-        rows: [[trace.path, trace.format, fmt(trace.entries), trace.speedup + "x" + (trace.loop ? ", looped" : ""), fmt(trace.processes),
+        rows: [[trace.path, trace.format, count(trace.entries), trace.speedup + "x" + (trace.loop ? ", looped" : ""), count(trace.processes),
           trace.completed ? "every entry was sent and answered" : "not yet every entry sent and answered"]],
       });
     }
@@ -120,8 +120,8 @@
           "Tool-input tokens", "Tool calls", "Tool round trip p50 ms", "Tool round trip p95 ms"],
         rows: content.map(([name, g]) => {
           const c = g.content;
-          return [name, fmt(c.requests), fmt(g.ttft_ms.p50), fmt(c.ttft_text_ms.p50), fmt(c.ttft_text_ms.p95), fmt(c.thinking_tokens),
-            fmt(c.text_tokens), fmt(c.tool_use_tokens), fmt(c.tool_calls), fmt(c.tool_round_trip_ms.p50), fmt(c.tool_round_trip_ms.p95)];
+          return [name, count(c.requests), fmt(g.ttft_ms.p50), fmt(c.ttft_text_ms.p50), fmt(c.ttft_text_ms.p95), count(c.thinking_tokens),
+            count(c.text_tokens), count(c.tool_use_tokens), count(c.tool_calls), fmt(c.tool_round_trip_ms.p50), fmt(c.tool_round_trip_ms.p95)];
         }),
       });
     }
@@ -130,7 +130,7 @@
         key: "turn",
         title: "By conversation turn (cache read share: cache reads over all input tokens)",
         headers: ["Turn", "Requests", "TTFT p50 ms", "TTFT p95 ms", "Cache read share", "Est. cost $"],
-        rows: summary.by_turn.map((t) => [fmt(t.turn), fmt(t.requests), fmt(t.ttft_ms.p50), fmt(t.ttft_ms.p95), pct(t.cache_read_share), fmt(t.cost_usd)]),
+        rows: summary.by_turn.map((t) => [count(t.turn), count(t.requests), fmt(t.ttft_ms.p50), fmt(t.ttft_ms.p95), N.percent(t.cache_read_share), N.usd(t.cost_usd)]),
       });
     }
     if (summary.by_dataset && summary.by_dataset.length) {
@@ -139,9 +139,9 @@
         title: "By prompt dataset (over every model x speed; input tokens include cache reads and writes)",
         headers: ["Dataset", "Requests", "OK", "TTFT p50 ms", "TTFT p95 ms", "OTPS p50", "OTPS p10", "E2E p50 ms", "E2E p95 ms",
           "Input tokens", "Output tokens", "Est. cost $"],
-        rows: summary.by_dataset.map((d) => [d.dataset, fmt(d.requests), fmt(d.ok), fmt(d.ttft_ms.p50), fmt(d.ttft_ms.p95), fmt(d.otps.p50),
-          fmt(d.otps.p10), fmt(d.e2e_ms.p50), fmt(d.e2e_ms.p95), fmt(d.input_tokens + d.cache_read_input_tokens + d.cache_creation_input_tokens),
-          fmt(d.output_tokens), fmt(d.cost_usd)]),
+        rows: summary.by_dataset.map((d) => [d.dataset, count(d.requests), count(d.ok), fmt(d.ttft_ms.p50), fmt(d.ttft_ms.p95), fmt(d.otps.p50),
+          fmt(d.otps.p10), fmt(d.e2e_ms.p50), fmt(d.e2e_ms.p95), count(d.input_tokens + d.cache_read_input_tokens + d.cache_creation_input_tokens),
+          count(d.output_tokens), N.usd(d.cost_usd)]),
       });
     }
     const targets = perGroup(summary).filter(([, g]) => g.output_target);
@@ -152,7 +152,7 @@
         headers: ["Model x speed", "Targeted", "Measured", "Ratio p10", "Ratio p50", "Ratio p90", "Within 20%", "At max_tokens"],
         rows: targets.map(([name, g]) => {
           const t = g.output_target;
-          return [name, fmt(t.requests), fmt(t.measured), fmt(t.ratio.p10), fmt(t.ratio.p50), fmt(t.ratio.p90), pct(t.within_20pct), pct(t.at_max_tokens)];
+          return [name, count(t.requests), count(t.measured), fmt(t.ratio.p10), fmt(t.ratio.p50), fmt(t.ratio.p90), N.percent(t.within_20pct), N.percent(t.at_max_tokens)];
         }),
       });
     }
@@ -192,7 +192,7 @@
       label: label,
       labelSize: label ? 20 : 0,
       size: (u, values) => 24 + 8 * Math.max(3, ...(values || []).map((v) => String(v).length)),
-      values: (u, splits) => splits.map(fmt),
+      values: (u, splits) => splits.map(tick),
     };
   }
 
@@ -201,7 +201,7 @@
       {
         label: "s into the run (" + windowS + " s windows, by intended start)",
         incrs: [1, 2, 3, 4, 5, 6, 10, 12, 20, 30, 60, 120, 300, 600, 1800, 3600].map((n) => n * windowS),
-        values: (u, splits) => splits.map(fmt),
+        values: (u, splits) => splits.map(tick),
       },
     ];
     // At least 4 windows wide (uPlot's own range for a single point would be 0..100).
@@ -342,6 +342,20 @@
     }
   }
 
+  // The LLM table's cells (Locust's page renders the table): each column in its format of
+  // loadkit/numbers.py, named in the table's structure (webui.py's COLUMNS). Text stays text.
+  // Runs before Locust's script reads window.templateArgs (webui.py puts this script first).
+  function formatTable() {
+    const formats = { count: N.count, number: N.number, percent: N.percent, usd: N.usd };
+    const tables = (window.templateArgs && window.templateArgs.extended_tables) || [];
+    for (const table of tables.filter((t) => t.key === TAB)) {
+      for (const column of table.structure) {
+        const format = formats[column.format];
+        if (format) column.formatter = (value) => (typeof value === "string" ? value : format(value));
+      }
+    }
+  }
+
   // The form's field of an option (the form names its fields in camelCase).
   function field(option) {
     const name = option.replace(/_([a-z])/g, (m, c) => c.toUpperCase());
@@ -366,6 +380,7 @@
     }
   }
 
+  formatTable();
   const view = new View();
   window.loadkitLlmView = view;
   setInterval(() => {
