@@ -24,6 +24,7 @@ from loadkit.emulator.launcher import EmulatorProcess
 from loadkit.fallback import FallbackPolicy, FallbackSettings
 from loadkit.locust_plugin.capacity_settings import Settings
 from loadkit.locust_plugin.targets import TargetPolicy
+from loadkit.locust_plugin.trace_state import TraceReplay
 from loadkit.locust_plugin.workers import InFlight, Workers
 from loadkit.output_target import instruct
 from loadkit.prompts import PromptFactory
@@ -38,7 +39,6 @@ from loadkit.workload import (
 )
 
 if TYPE_CHECKING:
-    from loadkit.locust_plugin.trace_replay import TraceReplay
     from loadkit.sinks.influxdb import InfluxSink
 
 log = logging.getLogger("loadkit")

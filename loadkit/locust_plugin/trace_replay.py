@@ -21,7 +21,6 @@ import math
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -31,6 +30,7 @@ from loadkit.gctune import tune_gc
 from loadkit.locust_plugin.console import say
 from loadkit.locust_plugin.run import Run, resolve_path
 from loadkit.locust_plugin.starts import send_on_schedule
+from loadkit.locust_plugin.trace_state import TraceReplay
 from loadkit.results import TraceSection
 from loadkit.trace import FORMATS, MOONCAKE_BLOCK_SIZE, Trace, TraceEntry, TraceError, load_trace
 from loadkit.trace_prompts import TracePrompts
@@ -83,26 +83,6 @@ def add_options(parser: Any) -> None:
         default=MOONCAKE_BLOCK_SIZE,
         help="Tokens per hash_ids block of a Mooncake trace",
     )
-
-
-@dataclass
-class TraceReplay:
-    """This process's part of a trace replay."""
-
-    trace: Trace
-    speedup: float
-    loop: bool
-    slot: int = 0  # this process's position among the senders
-    processes: int = 1  # processes sending the trace
-    in_flight_cap: int = 2000  # this process's share of --max-in-flight
-    origin_wall: float = 0.0  # time.time() of the trace's start (0: when the replay starts)
-    prompts: TracePrompts | None = None
-    claimed: bool = False  # a user of this process is replaying it
-    done: bool = False  # every entry of this process's share was sent and answered
-    done_slots: set[int] = field(default_factory=set)  # master: the workers that are done
-
-    def share(self) -> list[TraceEntry]:
-        return self.trace.entries[self.slot :: self.processes]
 
 
 def check_options(options: Any) -> None:
