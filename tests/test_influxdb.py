@@ -292,15 +292,12 @@ def test_every_dashboard_query_runs_on_influxdb_1(
     assert min(p50s) > 50 and max(p50s) < 5000
     e2e = by_time(results, E2E, "p50")
     assert {key[:2] for key in e2e} == groups  # every group's E2E
-    # E2E is its own panel, not TTFT: bucket by bucket above it in the open run, where every
-    # request has both (in the limited run, failures without a first token have an E2E only)
-    open_e2e_p50, open_ttft_p50 = (
-        by_time(open_results, E2E, "p50"),
-        by_time(open_results, TTFT, "p50"),
-    )
-    assert open_e2e_p50 and all(
-        open_e2e_p50[k] > open_ttft_p50[k] for k in open_e2e_p50.keys() & open_ttft_p50.keys()
-    )
+    # E2E is its own panel, not TTFT, and as the summary defines it (completed requests: a
+    # request cut at the run's end, or failed before its first token, has a short e2e_ms of
+    # its own): bucket by bucket above TTFT in both runs
+    for panels in (results, open_results):
+        e2e_p50, ttft_p50 = by_time(panels, E2E, "p50"), by_time(panels, TTFT, "p50")
+        assert e2e_p50 and all(e2e_p50[k] > ttft_p50[k] for k in e2e_p50.keys() & ttft_p50.keys())
     # closed loop: no start is late, so schedule-relative TTFT is TTFT, bucket by bucket
     assert by_time(results, SCHEDULE_TTFT, "p99") == pytest.approx(by_time(results, TTFT, "p99"))
     assert set(column(results, QUEUE, "p99")) == {0}
