@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 import loadkit
+from loadkit.yamlfiles import read_text
 
 MAX_PROMPTS = 1000
 MAX_FILE_BYTES = 8 << 20
@@ -178,22 +179,8 @@ def resolve(path: str, workload_file: Path | None) -> Path:
 
 def read_dataset(path: Path) -> list[Prompt]:
     """Every line of a JSONL dataset, checked; ``DatasetError`` naming file, line and field."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as err:
-        raise DatasetError(f"cannot read dataset {path}: {err.strerror or err}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise DatasetError(
-            f"dataset {path}: larger than {MAX_FILE_BYTES >> 20} MiB; sample it down "
-            f"(at most {MAX_PROMPTS} prompts are used in all)"
-        )
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise DatasetError(
-            f"dataset {path}: not UTF-8 text (byte offset {err.start}); is it a binary file?"
-        ) from None
+    hint = f"; sample it down (at most {MAX_PROMPTS} prompts are used in all)"
+    text = read_text(path, "dataset", DatasetError, MAX_FILE_BYTES, hint)
     prompts: list[Prompt] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -16,23 +16,32 @@ from pydantic import ValidationError
 MAX_FILE_BYTES = 10 << 20  # 10 MiB: far more than any workload or emulator config needs
 
 
-def read_yaml(path: str | Path, kind: str, error: type[Exception]) -> Any:
-    """The parsed content of ``path``; ``error(message)`` if it cannot be read or parsed."""
+def read_text(
+    path: str | Path, kind: str, error: type[Exception], most: int = MAX_FILE_BYTES, hint: str = ""
+) -> str:
+    """The UTF-8 text of ``path`` (at most ``most`` bytes); ``error(message)`` naming the file
+    if it cannot be read, is larger (``hint`` says what to do then) or is not text."""
     path = Path(path)
     try:
         with path.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
+            data = handle.read(most + 1)
     except OSError as err:
         raise error(f"cannot read {kind} {path}: {err.strerror or err}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise error(f"cannot read {kind} {path}: larger than {MAX_FILE_BYTES >> 20} MiB")
+    if len(data) > most:
+        raise error(f"cannot read {kind} {path}: larger than {most >> 20} MiB{hint}")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise error(
             f"cannot read {kind} {path}: not UTF-8 text (byte 0x{data[err.start]:02x} at "
             f"offset {err.start}); is it a binary file?"
         ) from None
+
+
+def read_yaml(path: str | Path, kind: str, error: type[Exception]) -> Any:
+    """The parsed content of ``path``; ``error(message)`` if it cannot be read or parsed."""
+    path = Path(path)
+    text = read_text(path, kind, error)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
