@@ -7,8 +7,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import httpx2
 
 from loadkit.results import load_summary
 
@@ -75,3 +78,32 @@ def start_locust(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_environment(env),
         cwd=ROOT,
     )  # fmt: skip
+
+
+def settled_emulator(base_url: str, within_s: float = 5.0) -> tuple[Any, list[dict[str, Any]]]:
+    """The emulator's ``stats`` and ``served`` once nothing is in flight (streams cut at a
+    run's end finish on the server a moment later), waiting at most ``within_s``."""
+    deadline = time.monotonic() + within_s
+    stats = httpx2.get(f"{base_url}/_emulator/stats").json()
+    while stats["totals"]["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        stats = httpx2.get(f"{base_url}/_emulator/stats").json()
+    return stats, httpx2.get(f"{base_url}/_emulator/served").json()
+
+
+def wait_for_web_ui(
+    url: str, process: subprocess.Popen[Any], log: Path, within_s: float = 90
+) -> None:
+    """Until Locust's page answers (starting workers on a loaded 2-core machine takes a while);
+    RuntimeError with the log's end if the process died or the time ran out."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            if httpx2.get(url, timeout=1).status_code == 200:
+                return
+        except httpx2.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"Locust's web UI did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)

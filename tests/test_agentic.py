@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 import yaml
 
 from loadkit.emulator.launcher import EmulatorProcess
 
 from .conftest import QUICK_MODELS
-from .runs import run_locust
+from .runs import run_locust, settled_emulator
 
 # Quick: decode at 4,000 tokens/s, thinking 5-15% of the budget, a tool call most times.
 FAST_MODELS = {
@@ -47,12 +45,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 def _served(base_url: str) -> dict[str, dict[str, Any]]:
-    deadline = time.monotonic() + 5
-    stats = httpx2.get(f"{base_url}/_emulator/stats").json()
-    while stats["totals"]["in_flight"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-        stats = httpx2.get(f"{base_url}/_emulator/stats").json()
-    served = httpx2.get(f"{base_url}/_emulator/served").json()
+    _, served = settled_emulator(base_url)
     return {s["request_id"]: s for s in served}
 
 

@@ -4,13 +4,11 @@ run plan, and a real master + worker run whose requests carry the datasets' prom
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from random import Random
 from typing import Any
 
 import anthropic
-import httpx2
 import pytest
 import yaml
 
@@ -28,7 +26,7 @@ from loadkit.prompts import PromptFactory
 from loadkit.workload import WorkloadError, load_workload, parse_workload
 
 from . import adherence
-from .runs import ROOT, run_locust
+from .runs import ROOT, run_locust, settled_emulator
 
 SHIPPED = ROOT / "workloads" / "datasets"
 GOOD = '{"messages": [{"role": "user", "content": "Hello there"}]}'
@@ -239,12 +237,7 @@ def test_a_master_and_worker_run_sends_the_datasets_prompts(tmp_path: Path) -> N
             str(path), "--target-url", emulator.base_url, "--records",
             str(tmp_path / "records.jsonl"), env={"ANTHROPIC_API_KEY": "test-key"},
         )  # fmt: skip
-        deadline = time.monotonic() + 5
-        stats = httpx2.get(f"{emulator.base_url}/_emulator/stats").json()
-        while stats["totals"]["in_flight"] and time.monotonic() < deadline:
-            time.sleep(0.1)
-            stats = httpx2.get(f"{emulator.base_url}/_emulator/stats").json()
-        served = httpx2.get(f"{emulator.base_url}/_emulator/served").json()
+        stats, served = settled_emulator(emulator.base_url)
         sizes = {
             (model, name): _sizes(emulator, model, SHIPPED / f"{stem}.jsonl")
             for model in ("claude-haiku-4-5", "claude-sonnet-4-6")

@@ -17,7 +17,7 @@ import yaml
 
 from loadkit.emulator.launcher import EmulatorProcess
 
-from .runs import run_locust
+from .runs import run_locust, settled_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "locustfiles" / "messages.py"
@@ -129,12 +129,7 @@ def test_distributed_run_merges_counts_and_sketches(tmp_path: Path) -> None:
             "--workload", "workloads/ci.yaml", "--target-url", emulator.base_url,
             env={"ANTHROPIC_API_KEY": "test-key"},
         )  # fmt: skip
-        deadline = time.monotonic() + 5
-        stats = httpx2.get(f"{emulator.base_url}/_emulator/stats").json()
-        while stats["totals"]["in_flight"] and time.monotonic() < deadline:
-            time.sleep(0.1)
-            stats = httpx2.get(f"{emulator.base_url}/_emulator/stats").json()
-        served = httpx2.get(f"{emulator.base_url}/_emulator/served").json()
+        stats, served = settled_emulator(emulator.base_url)
     assert result.returncode == 0, result.stderr[-3000:]
     assert data is not None
     totals = stats["totals"]

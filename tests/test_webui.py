@@ -20,7 +20,7 @@ from playwright.sync_api import sync_playwright
 
 from loadkit.numbers import number, percent, usd
 
-from .runs import own_master_port
+from .runs import own_master_port, wait_for_web_ui
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -93,18 +93,7 @@ def web_locust(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        # Wait for the page (on a loaded 2-core machine, starting two workers takes a while).
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx2.get(url, timeout=1).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"Locust's web UI did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_for_web_ui(url, process, log)
         try:
             yield url, log
         finally:

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from loadkit.locust_plugin.webui_charts import series
 from loadkit.locust_plugin.webui_form import GROUPS, form_options, from_form
 from loadkit.record import Attempt, ResultRecord
 
-from .runs import own_master_port
+from .runs import own_master_port, wait_for_web_ui
 from .test_webui import BROWSER_ARGS, CHROMIUM, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,17 +150,7 @@ def web_locust(tmp_path: Path) -> Iterator[str]:
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx2.get(url, timeout=1).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"Locust's web UI did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        wait_for_web_ui(url, process, log)
         try:
             yield url
         finally:
